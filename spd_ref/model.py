@@ -1,0 +1,243 @@
+"""The real tensor-parallel runtime: one rank's shard of a LLaMA model, run under torchrun.
+
+gpt-fast style: plain tensors, a static KV cache, and a block function written as a pure function
+of tensors, so `compile_blocks()` compiles it once per block mode and every layer reuses the compiled
+code (weights are arguments, not constants). The block equations are spd_ref.block's, shared with the
+simulated runtime; a sync point is `TPContext.sync` (all-reduce), or nothing with `comm = "none"`.
+
+[ours] The embedding and lm_head are replicated on every rank (no vocab-parallel all-gather), so the
+only collectives are the blocks' sync points, which is what SPD is about.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .block import BlockMode, block_residual, mlp_partial
+from .hf import validate_blocks
+from .partition import RankShard, partition_for_config
+from .tp import TPContext
+
+WEIGHTS = ("input_norm", "q_w", "k_w", "v_w", "q_b", "k_b", "v_b", "o_w", "o_b",
+           "post_norm", "gate_w", "up_w", "down_w", "gate_b", "up_b", "down_b")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """LlamaRMSNorm, to the operation (fp32 statistics, weight applied in the input dtype)."""
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def block_forward(x: torch.Tensor, w: dict, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor,
+                  mode: BlockMode, sync: Callable, act: Callable, eps: float, gqa: str,
+                  kv_index: Optional[torch.Tensor]) -> torch.Tensor:
+    """One block on one rank: x (B, T, d) -> block output (B, T, d); updates the KV cache in place."""
+    b, t, _ = x.shape
+    hd = k_cache.shape[-1]
+    h = rms_norm(x, w["input_norm"], eps)
+    q = F.linear(h, w["q_w"], w["q_b"]).view(b, t, -1, hd).transpose(1, 2)
+    k = F.linear(h, w["k_w"], w["k_b"]).view(b, t, -1, hd).transpose(1, 2)
+    v = F.linear(h, w["v_w"], w["v_b"]).view(b, t, -1, hd).transpose(1, 2)
+    q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+    k_cache[:, :, input_pos] = k
+    v_cache[:, :, input_pos] = v
+    keys, values = k_cache, v_cache
+    if gqa == "index":  # uneven GQA split: each local query head picks its KV head
+        keys, values = keys.index_select(1, kv_index), values.index_select(1, kv_index)
+    attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=gqa == "grouped")
+    attn = attn.transpose(1, 2).reshape(b, t, -1)
+    partial = F.linear(attn, w["o_w"])[None]  # (R=1, B, T, d): this rank's o_proj partial, no bias
+
+    def mlp_shard(y: torch.Tensor) -> torch.Tensor:
+        return mlp_partial(y, w["gate_w"], w["up_w"], w["down_w"], act, w["gate_b"], w["up_b"])
+
+    return block_residual(x, partial, mlp_shard, lambda y: rms_norm(y, w["post_norm"], eps), sync,
+                          mode, w["o_b"], w["down_b"])
+
+
+def _rank_slices(config, shard: RankShard) -> dict[str, tuple[int, slice]]:
+    """For each block weight: (dim, slice) of the full HF tensor this rank holds; dim -1 = replicated."""
+    hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    q = slice(shard.q_heads.start * hd, shard.q_heads.stop * hd)
+    kv = slice(shard.kv_heads.start * hd, shard.kv_heads.stop * hd)
+    cols = slice(shard.mlp_cols.start, shard.mlp_cols.stop)
+    return {"input_norm": (-1, None), "post_norm": (-1, None), "o_b": (-1, None), "down_b": (-1, None),
+            "q_w": (0, q), "q_b": (0, q), "k_w": (0, kv), "k_b": (0, kv), "v_w": (0, kv), "v_b": (0, kv),
+            "o_w": (1, q), "gate_w": (0, cols), "gate_b": (0, cols), "up_w": (0, cols), "up_b": (0, cols),
+            "down_w": (1, cols)}
+
+
+HF_NAMES = {"input_norm": "input_layernorm.weight", "post_norm": "post_attention_layernorm.weight",
+            "q_w": "self_attn.q_proj.weight", "k_w": "self_attn.k_proj.weight", "v_w": "self_attn.v_proj.weight",
+            "q_b": "self_attn.q_proj.bias", "k_b": "self_attn.k_proj.bias", "v_b": "self_attn.v_proj.bias",
+            "o_w": "self_attn.o_proj.weight", "o_b": "self_attn.o_proj.bias",
+            "gate_w": "mlp.gate_proj.weight", "up_w": "mlp.up_proj.weight", "down_w": "mlp.down_proj.weight",
+            "gate_b": "mlp.gate_proj.bias", "up_b": "mlp.up_proj.bias", "down_b": "mlp.down_proj.bias"}
+
+
+class TPTransformer(nn.Module):
+    """One rank's shard of a LLaMA-architecture causal LM (this process holds rank ctx.rank of N)."""
+
+    def __init__(self, config, ctx: TPContext, blocks: list[dict], embed: torch.Tensor,
+                 final_norm: torch.Tensor, lm_head: torch.Tensor):
+        super().__init__()
+        from transformers.activations import ACT2FN
+
+        self.config, self.ctx = config, ctx
+        self.partition = partition_for_config(config, ctx.world_size)
+        shard = self.partition[ctx.rank]
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.blocks = [{k: (nn.Parameter(v, requires_grad=False) if v is not None else None) for k, v in b.items()}
+                       for b in blocks]
+        self._params = nn.ParameterList([p for b in self.blocks for p in b.values() if p is not None])
+        self.embed, self.final_norm, self.lm_head = embed, final_norm, lm_head
+        self.act, self.eps = ACT2FN[config.hidden_act], config.rms_norm_eps
+        group = config.num_attention_heads // self.partition.num_kv_heads
+        kv_of_q = [h // group - shard.kv_heads.start for h in shard.q_heads]
+        n_kv = len(shard.kv_heads)
+        if kv_of_q == list(range(n_kv)) and n_kv == len(kv_of_q):
+            self.gqa = "none"
+        elif len(kv_of_q) % n_kv == 0 and kv_of_q == [i // (len(kv_of_q) // n_kv) for i in range(len(kv_of_q))]:
+            self.gqa = "grouped"
+        else:
+            self.gqa = "index"
+        self.kv_index = torch.tensor(kv_of_q, device=ctx.device)
+        self.block_modes = [BlockMode.TP] * len(blocks)
+        self.comm = "allreduce"
+        self._block_fn = block_forward
+        self.caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_hf(cls, config, state_dict: dict, ctx: TPContext, dtype: torch.dtype = torch.float32,
+                overrides: Optional[dict] = None) -> "TPTransformer":
+        """Shard a full transformers state dict (plus an SPD plan's changed weights) for ctx.rank."""
+        sd = dict(state_dict, **(overrides or {}))
+        slices = _rank_slices(config, partition_for_config(config, ctx.world_size)[ctx.rank])
+
+        def take(key: str, dim: int, sl) -> Optional[torch.Tensor]:
+            t = sd.get(key)
+            if t is None:
+                return None
+            t = t if dim < 0 else t[(slice(None),) * dim + (sl,)]
+            return t.to(device=ctx.device, dtype=dtype).contiguous()
+
+        blocks = [{name: take(f"model.layers.{i}.{HF_NAMES[name]}", *slices[name]) for name in WEIGHTS}
+                  for i in range(config.num_hidden_layers)]
+        embed = take("model.embed_tokens.weight", -1, None)
+        head = embed if config.tie_word_embeddings else take("lm_head.weight", -1, None)
+        return cls(config, ctx, blocks, embed, take("model.norm.weight", -1, None), head)
+
+    @classmethod
+    def random(cls, config, ctx: TPContext, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> "TPTransformer":
+        """Random weights of the right shapes, made directly on the device (for latency only)."""
+        gen = torch.Generator(device=ctx.device).manual_seed(seed + ctx.rank)
+        slices = _rank_slices(config, partition_for_config(config, ctx.world_size)[ctx.rank])
+        shapes = _full_shapes(config)
+        std = 1 / math.sqrt(config.hidden_size)
+
+        def rand(name: str) -> Optional[torch.Tensor]:
+            if name not in shapes:
+                return None
+            shape = list(shapes[name])
+            dim, sl = slices[name]
+            if dim >= 0:
+                shape[dim] = sl.stop - sl.start
+            if name.endswith("norm"):
+                return torch.ones(shape, device=ctx.device, dtype=dtype)
+            return (torch.randn(shape, generator=gen, device=ctx.device, dtype=torch.float32) * std).to(dtype)
+
+        blocks = [{name: rand(name) for name in WEIGHTS} for _ in range(config.num_hidden_layers)]
+        embed = torch.randn(config.vocab_size, config.hidden_size, generator=gen, device=ctx.device).to(dtype)
+        norm = torch.ones(config.hidden_size, device=ctx.device, dtype=dtype)
+        return cls(config, ctx, blocks, embed, norm, embed)
+
+    # ---- configuration ------------------------------------------------------------------------
+    def set_spd_blocks(self, spd_blocks: Iterable[int], mode: BlockMode = BlockMode.SPD) -> None:
+        chosen = validate_blocks(spd_blocks, len(self.blocks))
+        self.block_modes = [mode if i in chosen else BlockMode.TP for i in range(len(self.blocks))]
+
+    @property
+    def sync_points_per_token(self) -> int:
+        """All-reduces per forward pass: 2 per TP block, 1 per SPD block (0 without communication)."""
+        if self.comm == "none" or self.ctx.world_size == 1:
+            return 0
+        return sum(2 if m is BlockMode.TP else 1 for m in self.block_modes)
+
+    def compile_blocks(self, **compile_kwargs) -> None:
+        """torch.compile the block function; weights are inputs, so one compile serves all layers."""
+        self._block_fn = torch.compile(block_forward, fullgraph=True, dynamic=False, **compile_kwargs)
+
+    def setup_cache(self, batch: int, max_seq_len: int) -> None:
+        shard = self.partition[self.ctx.rank]
+        dtype, dev = self.embed.dtype, self.ctx.device
+        shape = (batch, len(shard.kv_heads), max_seq_len, self.head_dim)
+        self.caches = [(torch.zeros(shape, dtype=dtype, device=dev), torch.zeros(shape, dtype=dtype, device=dev))
+                       for _ in self.blocks]
+        self.causal = torch.ones(max_seq_len, max_seq_len, dtype=torch.bool, device=dev).tril()
+        cos, sin = _rope_table(self.config, max_seq_len, dev)
+        self.rope = (cos.to(dtype), sin.to(dtype))
+
+    # ---- running ------------------------------------------------------------------------------
+    def _sync(self) -> Callable:
+        return (lambda t: t.sum(0)) if self.comm == "none" else self.ctx.sync
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) for tokens at positions input_pos (T,), which must follow the cache."""
+        if not self.caches:
+            raise RuntimeError("call setup_cache(batch, max_seq_len) before forward")
+        x = F.embedding(input_ids, self.embed)
+        cos, sin = self.rope[0][input_pos], self.rope[1][input_pos]
+        mask = self.causal[input_pos][None, None]
+        sync = self._sync()
+        for w, (kc, vc), mode in zip(self.blocks, self.caches, self.block_modes):
+            x = self._block_fn(x, w, kc, vc, cos, sin, input_pos, mask, mode, sync, self.act, self.eps,
+                               self.gqa, self.kv_index)
+        return F.linear(rms_norm(x, self.final_norm, self.eps), self.lm_head)
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Greedy decoding: (new tokens (B, n), [prefill logits, logits of each decode step])."""
+        b, t = prompt_ids.shape
+        self.setup_cache(b, t + max_new_tokens)
+        pos = torch.arange(t, device=self.ctx.device)
+        logits = [self(prompt_ids.to(self.ctx.device), pos)]
+        tokens = [logits[-1][:, -1].argmax(-1, keepdim=True)]
+        for step in range(max_new_tokens - 1):
+            logits.append(self(tokens[-1], torch.tensor([t + step], device=self.ctx.device)))
+            tokens.append(logits[-1][:, -1].argmax(-1, keepdim=True))
+        return torch.cat(tokens, 1), logits
+
+
+def _full_shapes(config) -> dict[str, tuple[int, ...]]:
+    d, inter = config.hidden_size, config.intermediate_size
+    hd = getattr(config, "head_dim", None) or d // config.num_attention_heads
+    q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
+    shapes = {"input_norm": (d,), "post_norm": (d,), "q_w": (q, d), "k_w": (kv, d), "v_w": (kv, d),
+              "o_w": (d, q), "gate_w": (inter, d), "up_w": (inter, d), "down_w": (d, inter)}
+    if getattr(config, "attention_bias", False):
+        shapes.update(q_b=(q,), k_b=(kv,), v_b=(kv,), o_b=(d,))
+    if getattr(config, "mlp_bias", False):
+        shapes.update(gate_b=(inter,), up_b=(inter,), down_b=(d,))
+    return shapes
+
+
+def _rope_table(config, max_seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin for every position from transformers' own rotary embedding (any rope scaling)."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    rotary = LlamaRotaryEmbedding(config).to(device)
+    pos = torch.arange(max_seq_len, device=device)[None]
+    cos, sin = rotary(torch.zeros(1, device=device), pos)
+    return cos[0], sin[0]
