@@ -1,0 +1,469 @@
+"""Latency of the TP runtime under torchrun: decode, prefill, and the all-reduce itself.
+
+    python -m spd_ref.launch --nproc 4 bench --shape llama2-7b --batch 1,16 --ctx 512 \\
+        --spd-ratios 0,0.25,0.5,0.75,1 --no-comm --allreduce --out results/h100.jsonl
+
+Each measurement is one JSON object per line in --out (appended; schema in results/README.md),
+written by rank 0 as soon as it is measured, and summarized in a short table at the end.
+
+How it times (DESIGN.md, performance protocol):
+- GPU: random bf16 weights made on the device; prefill and decode steps are captured in CUDA
+  graphs and the replays are timed with CUDA events (warm-up first, then --repeats replays: median
+  and p90). Decode runs the compiled block functions (`TPTransformer.compile_blocks`: one compile
+  per block mode and batch, reused by every layer and every SPD ratio: a new ratio only re-captures
+  the graph). Prefill runs the eager blocks in a graph (compiling every prompt length would cost
+  more device time than it saves on long prompts), so prefill rows say compiled=false.
+- CPU (gloo): eager, time.perf_counter. These numbers only exercise the code path (tests).
+- Decode is one token at position --ctx over a cache whose first --ctx positions hold random keys
+  and values (the cost of a filled cache without compiling a prefill of that length), a cache of
+  exactly ctx + 1 positions (the attention reads ctx + 1 keys).
+- Per ratio r, SPD goes on round(r L) blocks: from --plan DIR (the least sensitive blocks, as
+  calibrated), else **[ours]** spread evenly over the depth (`spread_blocks`). All blocks cost
+  the same, so for latency only the count matters; the rule just makes runs reproducible.
+- The floor (--no-comm) is the same model with every all-reduce removed (`model.comm = "none"`):
+  wrong numbers, right cost of the compute alone. At TP 1 there is nothing to remove: only the
+  baseline is measured.
+- The all-reduce microbenchmark (--allreduce) times in-place NCCL all-reduces of bf16 buffers,
+  --ar-per-graph of them captured in one graph, per message size; commcost fits these.
+
+Every process ends itself: after NCCL work was captured in a CUDA graph,
+`destroy_process_group()` can hang (RESOURCES.md), so under torchrun the end is barrier, flush,
+`os._exit`.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import torch
+import torch.distributed as dist
+
+# LLaMA2 shapes (the public configs); "tiny" is for CPU tests: heads divide by 1, 2, 4.
+SHAPES: dict[str, dict] = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                 intermediate_size=128, vocab_size=256),
+    "llama2-7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                      intermediate_size=11008, vocab_size=32000),
+    "llama2-13b": dict(hidden_size=5120, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40,
+                       intermediate_size=13824, vocab_size=32000),
+    "llama2-70b": dict(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
+                       intermediate_size=28672, vocab_size=32000),
+}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DEFAULT_AR_SIZES = ",".join(f"{2 ** k}" for k in range(13, 27))  # 8 KiB .. 64 MiB
+
+
+# ---- configuration ------------------------------------------------------------------------------
+def llama_config(shape: str, layers: Optional[int] = None):
+    """A transformers LlamaConfig of a named shape, optionally truncated to `layers` blocks."""
+    from transformers import LlamaConfig
+
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}. Fix: one of {', '.join(SHAPES)}, or --model PATH")
+    kw = dict(SHAPES[shape], max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0)
+    if layers is not None:
+        if layers < 1:
+            raise ValueError(f"--layers {layers}: give at least 1 block")
+        kw["num_hidden_layers"] = min(layers, kw["num_hidden_layers"])
+    return LlamaConfig(**kw)
+
+
+def spread_blocks(ratio: float, num_blocks: int) -> list[int]:
+    """[ours] round(ratio * L) block indices spread evenly over the depth (the centre of each of k
+    equal slices): 0.5 of 8 blocks -> [1, 3, 5, 7]; 1 -> all blocks; 0 -> none."""
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"SPD ratio {ratio} is outside [0, 1]. Fix: give ratios like 0,0.25,0.5,1")
+    k = math.floor(ratio * num_blocks + 0.5)
+    return [math.floor((i + 0.5) * num_blocks / k) for i in range(k)]
+
+
+def blocks_for_ratio(ratio: float, num_blocks: int, plan_dir: Optional[str] = None) -> list[int]:
+    """SPD blocks for a ratio: the plan's least sensitive blocks with --plan, else spread_blocks."""
+    if plan_dir is None:
+        return spread_blocks(ratio, num_blocks)
+    from . import plan as plan_mod  # lazy: only --plan needs it
+
+    return sorted(int(b) for b in plan_mod.load_plan(plan_dir).blocks_for_ratio(ratio))
+
+
+def parse_list(text: str, kind: Callable = float) -> list:
+    """'1,16' -> [1, 16]; sizes accept K/M suffixes ('16K' = 16384); '' or 'none' -> []."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(item[-1:].upper(), 1)
+        out.append(kind(item[:-1]) * mult if mult > 1 else kind(item))
+    return out
+
+
+# ---- metadata and output --------------------------------------------------------------------------
+def run_metadata(ctx, dtype: torch.dtype) -> dict:
+    """The fields every row carries: machine, software, interconnect setting."""
+    cuda = ctx.device.type == "cuda"
+    nccl = None
+    if cuda:
+        v = torch.cuda.nccl.version()
+        nccl = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
+    return {"tp": ctx.world_size, "p2p": os.environ.get("NCCL_P2P_DISABLE", "0") != "1",
+            "gpu": torch.cuda.get_device_name(ctx.device) if cuda else "cpu",
+            "gpu_count": ctx.world_size if cuda else 0, "torch": torch.__version__, "nccl": nccl,
+            "cuda": torch.version.cuda if cuda else None,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "dtype": str(dtype).replace("torch.", "")}
+
+
+ROW_FIELDS = ("kind", "impl", "shape", "layers", "hidden", "tp", "p2p", "batch", "ctx", "prompt_len",
+              "spd_ratio", "no_comm", "spd_blocks", "sync_points_per_token", "sync_bytes", "bytes",
+              "compiled", "cuda_graph", "ms_median", "ms_p90", "repeats", "busbw_gbps", "ranks_agree",
+              "compile_s", "gpu", "gpu_count", "torch", "nccl", "cuda", "date", "dtype", "tag")
+
+
+def make_row(meta: dict, **fields) -> dict:
+    """A result row with every schema field present (None where it does not apply)."""
+    unknown = set(fields) - set(ROW_FIELDS)
+    if unknown:
+        raise KeyError(f"fields {sorted(unknown)} are not in the schema (ROW_FIELDS)")
+    row = dict.fromkeys(ROW_FIELDS)
+    row.update(meta)
+    row.update(fields)
+    return row
+
+
+class RowWriter:
+    """Rank 0 appends each row to the JSONL file at once, so a killed run keeps what it measured."""
+
+    def __init__(self, path: Optional[str], active: bool):
+        self.rows: list[dict] = []
+        self.path, self.active = path, active
+        if active and path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if self.active:
+            print(f"  {_row_line(row)}", flush=True)
+            if self.path:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+
+def _row_line(r: dict) -> str:
+    if r["kind"] == "allreduce":
+        return f"allreduce tp={r['tp']} p2p={r['p2p']} {r['bytes']:>9d} B  {r['ms_median'] * 1e3:8.1f} us"
+    what = "floor" if r["no_comm"] else f"spd={r['spd_ratio']:.2f}"
+    size = f"prompt={r['prompt_len']}" if r["kind"] == "prefill" else f"ctx={r['ctx']}"
+    return (f"{r['kind']:<7} {r['shape']} tp={r['tp']} p2p={r['p2p']} b={r['batch']} {size} {what:<9} "
+            f"syncs={r['sync_points_per_token']:<3} {r['ms_median']:.3f} ms (p90 {r['ms_p90']:.3f})")
+
+
+# ---- timing ---------------------------------------------------------------------------------------
+def summarize(times_ms: list[float]) -> tuple[float, float]:
+    """(median, p90) of a list of times."""
+    ordered = sorted(times_ms)
+    p90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+    return statistics.median(ordered), p90
+
+
+def time_calls(run: Callable[[], None], device: torch.device, warmup: int, repeats: int,
+               before: Optional[Callable[[], None]] = None) -> list[float]:
+    """Milliseconds of each of `repeats` calls of `run` after `warmup` untimed ones.
+
+    CUDA: events recorded around each call on the current stream (`before` runs outside them).
+    CPU: perf_counter around each call.
+    """
+    for _ in range(warmup):
+        if before:
+            before()
+        run()
+    if device.type == "cuda":
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        for s, e in zip(starts, ends):
+            if before:
+                before()
+            s.record()
+            run()
+            e.record()
+        torch.cuda.synchronize()
+        return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+    times = []
+    for _ in range(repeats):
+        if before:
+            before()
+        t0 = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def graphed(fn: Callable[[], object], device: torch.device, warmup: int = 3) -> tuple[Callable[[], None], float, object]:
+    """(replay, seconds of warm-up, the graph) for `fn`: warm-up calls on a side stream (this is
+    where torch.compile compiles), then one capture in a CUDA graph. On CPU: (fn, warm-up s, None)."""
+    t0 = time.perf_counter()
+    if device.type != "cuda":
+        for _ in range(warmup):
+            fn()
+        return fn, time.perf_counter() - t0, None
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    warm_s = time.perf_counter() - t0
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    torch.cuda.synchronize()
+    return graph.replay, warm_s, graph
+
+
+def ranks_agree(ctx, tensor: torch.Tensor, rtol: float = 1e-3) -> Optional[bool]:
+    """Whether every rank holds the same tensor (TP replicates the block outputs and logits),
+    compared through (sum, sum of squares). None with one rank."""
+    if ctx.world_size == 1:
+        return None
+    t = tensor.float()
+    stats = torch.stack([t.sum(), t.pow(2).sum()])
+    hi, lo = stats.clone(), -stats.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX, group=ctx.group)
+    dist.all_reduce(lo, op=dist.ReduceOp.MAX, group=ctx.group)
+    return bool(((hi + lo).abs() <= rtol * hi.abs().clamp_min(1e-6)).all())
+
+
+# ---- the all-reduce microbenchmark -------------------------------------------------------------------
+def bench_allreduce(ctx, sizes: Iterable[int], meta: dict, writer: RowWriter, args) -> None:
+    """Time in-place all-reduces of `size` bytes each; check the sum once per size."""
+    if ctx.world_size == 1:
+        if ctx.is_main:
+            print("allreduce: one process, nothing to reduce: skipped", flush=True)
+        return
+    dtype = DTYPES[args.dtype]
+    elem = torch.empty((), dtype=dtype).element_size()
+    per_graph = args.ar_per_graph
+    for size in sizes:
+        numel = max(1, size // elem)
+        source = torch.randn(numel, device=ctx.device, dtype=dtype)
+        buf = source.clone()
+
+        def reduce_all() -> None:
+            for _ in range(per_graph):
+                dist.all_reduce(buf, group=ctx.group)
+
+        dist.all_reduce(buf, group=ctx.group)  # communicator set up outside any capture
+        replay, _, graph = graphed(reduce_all, ctx.device, warmup=1)
+        # Each call grows the values N-fold: restore them (untimed) before each timed replay.
+        times = time_calls(replay, ctx.device, args.warmup, args.ar_repeats, before=lambda: buf.copy_(source))
+        med, p90 = summarize([t / per_graph for t in times])
+        buf.fill_(ctx.rank + 1)
+        dist.all_reduce(buf, group=ctx.group)
+        expected = ctx.world_size * (ctx.world_size + 1) / 2
+        if not bool((buf.float() == expected).all()):
+            raise RuntimeError(f"all-reduce of {size} bytes gave a wrong sum (expected {expected})")
+        nbytes = numel * elem
+        busbw = nbytes * 2 * (ctx.world_size - 1) / ctx.world_size / (med * 1e-3) / 1e9
+        writer.add(make_row(meta, kind="allreduce", impl="spd_ref", no_comm=False, bytes=nbytes,
+                            compiled=False, cuda_graph=graph is not None, ms_median=med, ms_p90=p90,
+                            repeats=args.ar_repeats, busbw_gbps=busbw, ranks_agree=True, tag=args.tag))
+        del replay, graph
+
+
+# ---- the model -----------------------------------------------------------------------------------
+def variants(ctx, ratios: list[float], no_comm: bool) -> list[Optional[float]]:
+    """SPD ratios to measure, None = the no-communication floor. One process: the baseline only."""
+    if ctx.world_size == 1:
+        return [0.0]
+    return list(ratios) + ([None] if no_comm else [])
+
+
+def _apply_variant(model, ratio: Optional[float], plan_dir: Optional[str]) -> list[int]:
+    n = len(model.blocks)
+    blocks = [] if ratio is None else blocks_for_ratio(ratio, n, plan_dir)
+    model.set_spd_blocks(blocks)
+    model.comm = "none" if ratio is None else "allreduce"
+    return blocks
+
+
+def bench_model(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> None:
+    """Prefill (eager blocks in a graph), then decode (compiled unless --eager) for every variant."""
+    cfg, dev = model.config, ctx.device
+    gen = torch.Generator(device=dev).manual_seed(args.seed)
+    base = dict(impl="spd_ref", shape=shape, layers=cfg.num_hidden_layers, hidden=cfg.hidden_size,
+                cuda_graph=dev.type == "cuda", tag=args.tag)
+
+    def row(kind: str, ratio: Optional[float], blocks: list[int], times: list[float], **kw) -> dict:
+        med, p90 = summarize(times)
+        return make_row(meta, kind=kind, spd_ratio=ratio, no_comm=ratio is None, spd_blocks=blocks,
+                        sync_points_per_token=model.sync_points_per_token, ms_median=med, ms_p90=p90,
+                        repeats=len(times), **base, **kw)
+
+    def ids(batch: int, t: int) -> torch.Tensor:
+        return torch.randint(0, cfg.vocab_size, (batch, t), device=dev, generator=gen)
+
+    for batch in args.batch:
+        for plen in args.prompt_lens:
+            model.setup_cache(batch, plen)
+            prompt, pos = ids(batch, plen), torch.arange(plen, device=dev)
+            for ratio in variants(ctx, args.prefill_ratios, args.no_comm):
+                blocks = _apply_variant(model, ratio, args.plan)
+                out = {}
+                replay, _, graph = graphed(lambda: out.__setitem__("y", model(prompt, pos)), dev, warmup=1)
+                times = time_calls(replay, dev, 1, args.prefill_repeats)
+                agree = None if ratio is None else ranks_agree(ctx, out["y"])
+                writer.add(row("prefill", ratio, blocks, times, batch=batch, prompt_len=plen,
+                               sync_bytes=batch * plen * cfg.hidden_size * model.embed.element_size(),
+                               compiled=False, ranks_agree=agree))
+                del replay, graph, out
+    compiled = not args.eager and dev.type == "cuda"
+    if compiled:
+        model.compile_blocks()
+    for batch in args.batch:
+        model.setup_cache(batch, args.ctx + 1)
+        # Random keys and values stand for a prefill of ctx tokens (same cost, no prefill compile).
+        for cache in model.caches:
+            for t in cache:
+                t.normal_(generator=gen)
+        step_ids, step_pos = ids(batch, 1), torch.tensor([args.ctx], device=dev)
+        for ratio in variants(ctx, args.spd_ratios, args.no_comm):
+            blocks = _apply_variant(model, ratio, args.plan)
+            out = {}
+            replay, warm_s, graph = graphed(lambda: out.__setitem__("y", model(step_ids, step_pos)), dev)
+            times = time_calls(replay, dev, args.warmup, args.repeats)
+            agree = None if ratio is None else ranks_agree(ctx, out["y"])
+            writer.add(row("decode", ratio, blocks, times, batch=batch, ctx=args.ctx,
+                           sync_bytes=batch * cfg.hidden_size * model.embed.element_size(),
+                           compiled=compiled, ranks_agree=agree, compile_s=round(warm_s, 2)))
+            del replay, graph, out
+
+
+def build_model(ctx, shape: str, args):
+    """(model, label): random weights of a named shape, or a checkpoint folder with --model."""
+    from .model import TPTransformer
+
+    dtype = DTYPES[args.dtype]
+    if args.model:
+        from transformers import AutoConfig
+        from safetensors.torch import load_file
+
+        folder = Path(args.model)
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"--model {args.model}: no *.safetensors files there. Fix: give a "
+                                    "folder saved with save_pretrained (config.json + safetensors).")
+        config = AutoConfig.from_pretrained(folder)
+        if args.layers:
+            config.num_hidden_layers = min(args.layers, config.num_hidden_layers)
+        state = {}
+        for f in files:
+            state.update(load_file(str(f)))
+        return TPTransformer.from_hf(config, state, ctx, dtype), folder.name
+    return TPTransformer.random(llama_config(shape, args.layers), ctx, dtype, seed=args.seed), shape
+
+
+# ---- command line --------------------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m spd_ref bench", description=__doc__.split("\n\n")[0])
+    a = p.add_argument
+    a("--shape", default=None, help=f"comma list of {', '.join(SHAPES)} (default llama2-7b; none with "
+                                   "--allreduce alone)")
+    a("--model", default=None, help="a checkpoint folder (config.json + safetensors) instead of --shape")
+    a("--layers", type=int, default=None, help="keep only the first K blocks")
+    a("--dtype", choices=sorted(DTYPES), default="bf16")
+    a("--batch", default="1,16", help="comma list of batch sizes")
+    a("--prompt-lens", default="128,2048", help="prefill prompt lengths ('none' to skip prefill)")
+    a("--ctx", type=int, default=512, help="tokens in the KV cache before the timed decode step")
+    a("--spd-ratios", default="0,0.25,0.5,0.75,1", help="decode: shares of blocks with SPD")
+    a("--prefill-ratios", default="0,1", help="prefill: shares of blocks with SPD")
+    a("--plan", default=None, help="SPD plan folder: blocks by sensitivity instead of spread evenly")
+    a("--no-comm", action="store_true", help="also measure the floor: every all-reduce removed")
+    a("--eager", action="store_true", help="no torch.compile (graphs are still captured on GPU)")
+    a("--repeats", type=int, default=100, help="timed decode steps per variant")
+    a("--warmup", type=int, default=10, help="untimed replays before timing")
+    a("--prefill-repeats", type=int, default=5, help="timed prefills per variant")
+    a("--allreduce", action="store_true", help="run the all-reduce microbenchmark")
+    a("--ar-sizes", default=DEFAULT_AR_SIZES, help="all-reduce message sizes in bytes (K/M suffixes)")
+    a("--ar-per-graph", type=int, default=10, help="all-reduces captured per graph")
+    a("--ar-repeats", type=int, default=30, help="timed graph replays per size")
+    a("--seed", type=int, default=0)
+    a("--tag", default=None, help="free text stored in every row (e.g. the sweep phase)")
+    a("--out", default="results/bench.jsonl", help="JSONL file to append the rows to")
+    return p
+
+
+def run(args) -> list[dict]:
+    from .tp import init_distributed
+
+    ctx = init_distributed()
+    dtype = DTYPES[args.dtype]
+    writer = RowWriter(args.out, ctx.is_main)
+    meta = run_metadata(ctx, dtype)
+    if ctx.is_main:
+        print(f"bench: tp={ctx.world_size} p2p={meta['p2p']} on {meta['gpu']} torch {meta['torch']} "
+              f"nccl {meta['nccl']} -> {args.out}", flush=True)
+    if args.allreduce:
+        bench_allreduce(ctx, parse_list(args.ar_sizes, int), meta, writer, args)
+    shapes = [args.model] if args.model else parse_list(args.shape or ("" if args.allreduce else "llama2-7b"), str)
+    for shape in shapes:
+        t0 = time.perf_counter()
+        model, label = build_model(ctx, shape, args)
+        bench_model(ctx, model, label, meta, writer, args)
+        del model
+        torch._dynamo.reset()  # one shape's compiled variants must not count against the next's limit
+        if ctx.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if ctx.is_main:
+            print(f"bench: {label} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return writer.rows
+
+
+def _finish(code: int) -> None:
+    """End this process now. Under torchrun: barrier so no rank leaves early, flush, os._exit:
+    destroy_process_group() can hang after NCCL work was captured in a CUDA graph."""
+    from .tp import in_torchrun
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if not in_torchrun():
+        return
+    if code == 0 and dist.is_initialized():
+        try:
+            if torch.cuda.is_available() and dist.get_backend() == "nccl":
+                dist.barrier(device_ids=[torch.cuda.current_device()])
+                torch.cuda.synchronize()
+            else:
+                dist.barrier()
+        except Exception:  # a barrier that fails must not turn success into a hang
+            code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def cli(argv: Optional[list[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    for name, kind in (("batch", int), ("prompt_lens", int), ("spd_ratios", float), ("prefill_ratios", float)):
+        setattr(args, name, parse_list(getattr(args, name), kind))
+    code = 0
+    try:
+        run(args)
+    except Exception:
+        traceback.print_exc()
+        code = 1
+    _finish(code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
