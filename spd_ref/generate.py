@@ -1,0 +1,113 @@
+"""`python -m spd_ref generate`: greedy generation with the TP runtime, SPD blocks switched per block.
+
+    torchrun --standalone --nproc-per-node 4 -m spd_ref generate --model smollm2 --spd-blocks 10-29 \
+        --prompt "The capital of Italy is"
+
+Each process loads the checkpoint, keeps its own shard (spd_ref.model) and joins the process group
+(gloo on CPU, NCCL on GPU). Without torchrun it runs as one process (TP degree 1). Rank 0 prints
+the continuation and the decode latency.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Optional
+
+import torch
+
+from .tp import DEFAULT_TIMEOUT_S, init_distributed, require_torchrun, shutdown
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_blocks(text: str) -> list[int]:
+    """'1,3,5-7' -> [1, 3, 5, 6, 7]."""
+    blocks: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            lo, _, hi = part.partition("-")
+            blocks.extend(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            raise ValueError(f"--spd-blocks: {part!r} is not a block index or range; write e.g. 1,3,5-7") from None
+    return blocks
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m spd_ref generate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2", help="'smollm2' (offline), a local folder, a .gguf file or a hub id")
+    p.add_argument("--prompt", default="The capital of France is Paris. The capital of Italy is")
+    p.add_argument("--prompt-ids", default=None, help="comma-separated token ids instead of --prompt")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--tp", type=int, default=None, help="expected TP degree; checked against the torchrun world size")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--spd-blocks", default="", help="blocks that drop their attention sync, e.g. 0,2,10-29")
+    group.add_argument("--plan", default=None, help="an SPD plan folder from `calibrate` (blocks and weights)")
+    p.add_argument("--naive", action="store_true", help="drop the sync WITHOUT SPD's re-wiring (to show why not)")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="default: bfloat16 on GPU, float32 on CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the block function")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="process-group timeout in seconds")
+    p.add_argument("--save-logits", default=None, help="rank 0 saves prefill and decode logits here (torch.save)")
+    return p
+
+
+def run(args: argparse.Namespace) -> Optional[dict]:
+    """Generate on this rank; returns rank 0's result dict (None on other ranks)."""
+    from .block import BlockMode
+    from .hf import load_model
+    from .model import TPTransformer
+
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
+    if args.tp is not None:
+        require_torchrun(args.tp)
+    ctx = init_distributed(args.timeout)
+    try:
+        dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if ctx.device.type == "cuda" else torch.float32)
+        hf_model, tokenizer = load_model(args.model, dtype=torch.float32)
+        overrides, blocks = None, parse_blocks(args.spd_blocks)
+        if args.plan:
+            from .plan import load_plan
+
+            plan = load_plan(args.plan, model_config=hf_model.config, tp_degree=ctx.world_size)
+            overrides, blocks = plan.weights, plan.spd_blocks
+        model = TPTransformer.from_hf(hf_model.config, hf_model.state_dict(), ctx, dtype, overrides)
+        del hf_model
+        model.set_spd_blocks(blocks, BlockMode.NAIVE if args.naive else BlockMode.SPD)
+        if args.compile:
+            model.compile_blocks()
+        if args.prompt_ids:
+            ids = torch.tensor([[int(i) for i in args.prompt_ids.split(",")]])
+        else:
+            ids = tokenizer(args.prompt, return_tensors="pt").input_ids
+        start = time.perf_counter()
+        tokens, logits = model.generate(ids, args.max_new_tokens)
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        if not ctx.is_main:
+            return None
+        result = {"text": tokenizer.decode(tokens[0]), "tokens": tokens[0].tolist(), "tp": ctx.world_size,
+                  "spd_blocks": blocks, "sync_points_per_token": model.sync_points_per_token,
+                  "ms_per_token": 1000 * elapsed / args.max_new_tokens}
+        if args.save_logits:
+            torch.save({"logits": [l.float().cpu() for l in logits], **result}, args.save_logits)
+        return result
+    finally:
+        shutdown(ctx)
+
+
+def cli(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(result["text"])
+        print(f"[TP {result['tp']}, SPD blocks {result['spd_blocks'] or 'none'}, "
+              f"{result['sync_points_per_token']} sync points per token, "
+              f"{result['ms_per_token']:.1f} ms/token incl. prefill]")
+    return 0

@@ -1,0 +1,67 @@
+"""Shared fixtures: the offline SmolLM2, tiny random LLaMA configs, and a torchrun runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
+os.environ.update(OFFLINE_ENV)
+os.environ.setdefault("HF_HOME", str(ROOT / ".cache" / "hf"))
+os.environ.setdefault("SPD_REF_CACHE", str(ROOT / ".cache"))
+
+
+def tiny_config(heads: int = 4, kv_heads: int = 4, bias: bool = False, layers: int = 3,
+                vocab: int = 256, hidden: int = 64, intermediate: int = 96):
+    """A small random LLaMA config: multi-head by default, GQA with kv_heads < heads, biases optional."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads,
+                       vocab_size=vocab, attention_bias=bias, mlp_bias=bias, max_position_embeddings=256,
+                       rope_theta=10000.0, tie_word_embeddings=False)
+
+
+def random_model(config, seed: int = 0):
+    """A LlamaForCausalLM with random weights, biases and norms included (so they are all exercised)."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from spd_ref.hf import load_model
+
+    return load_model("smollm2")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2):
+    """A random multi-head model with biases, saved with SmolLM2's tokenizer (for torchrun tests)."""
+    folder = tmp_path_factory.mktemp("tiny_bias")
+    random_model(tiny_config(bias=True, vocab=smollm2[1].vocab_size + 64)).save_pretrained(folder)
+    smollm2[1].save_pretrained(folder)
+    return folder
+
+
+def torchrun(nproc: int, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m spd_ref ARGS` under torchrun with gloo; fail the test on a non-zero exit."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "spd_ref", *args]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
