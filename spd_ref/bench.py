@@ -433,7 +433,7 @@ def run(args) -> list[dict]:
     return writer.rows
 
 
-def _finish(code: int) -> None:
+def finish_process(code: int) -> None:
     """End this process now. Under torchrun: barrier so no rank leaves early, flush, os._exit:
     destroy_process_group() can hang after NCCL work was captured in a CUDA graph."""
     from .tp import in_torchrun
@@ -466,7 +466,7 @@ def cli(argv: Optional[list[str]] = None) -> int:
     except Exception:
         traceback.print_exc()
         code = 1
-    _finish(code)
+    finish_process(code)
     return code
 
 
