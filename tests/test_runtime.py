@@ -1,0 +1,85 @@
+"""The torchrun runtime (spd_ref.model) against simulated TP: same logits, prefill and decode."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, random_model, tiny_config, torchrun
+from spd_ref.hf import apply_tp, load_model, remove_tp
+from spd_ref.model import TPTransformer
+from spd_ref.tp import init_distributed
+
+STEPS = 8
+TOL = 1e-4
+
+
+def simulated_logits(model, ids, n, blocks):
+    """Prefill logits and the logits of each greedy step, from the simulated model's generate()."""
+    try:
+        apply_tp(model, n, blocks)
+        with torch.no_grad():
+            prefill = model(ids).logits
+            out = model.generate(ids, max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False,
+                                 output_logits=True, return_dict_in_generate=True)
+    finally:
+        remove_tp(model)
+    return prefill, list(out.logits), out.sequences[0, ids.shape[1]:]
+
+
+def assert_same(run_logits, run_tokens, prefill, steps, tokens):
+    assert (run_logits[0] - prefill).abs().max() <= TOL
+    for got, want in zip(run_logits[1:], steps[1:]):
+        assert (got[:, -1] - want).abs().max() <= TOL
+    assert run_tokens == tokens.tolist()
+
+
+@pytest.mark.parametrize("blocks", [[], [0, 2]])
+def test_single_process_runtime_matches_simulated(blocks):
+    model = random_model(tiny_config(bias=True))
+    ids = torch.randint(0, 256, (1, 11))
+    prefill, steps, tokens = simulated_logits(model, ids, 1, blocks)
+    rt = TPTransformer.from_hf(model.config, model.state_dict(), init_distributed())
+    rt.set_spd_blocks(blocks)
+    got_tokens, got = rt.generate(ids, STEPS)
+    assert_same(got, got_tokens[0].tolist(), prefill, steps, tokens)
+
+
+@pytest.mark.parametrize("n, blocks", [(2, []), (2, [0, 2]), (4, []), (4, [1, 2])])
+def test_torchrun_matches_simulated_random_model(tiny_model_dir, tmp_path, n, blocks):
+    model, tok = load_model(str(tiny_model_dir))
+    ids = torch.tensor([[5, 77, 1000, 31, 2024, 9, 400, 123, 7]])
+    out = tmp_path / "logits.pt"
+    torchrun(n, ["generate", "--model", str(tiny_model_dir), "--prompt-ids", ",".join(map(str, ids[0].tolist())),
+                 "--max-new-tokens", str(STEPS), "--spd-blocks", ",".join(map(str, blocks)),
+                 "--save-logits", str(out), "--tp", str(n)])
+    saved = torch.load(out)
+    assert saved["tp"] == n and saved["sync_points_per_token"] == 2 * 3 - len(blocks)
+    assert_same(saved["logits"], saved["tokens"], *simulated_logits(model, ids, n, blocks))
+
+
+@pytest.mark.parametrize("blocks", [[], [2, 9, 10, 11, 20, 29]])
+def test_torchrun_matches_simulated_smollm2(smollm2, tmp_path, blocks):
+    model, tok = smollm2
+    prompt = "The capital of France is Paris. The capital of Italy is"
+    out = tmp_path / "logits.pt"
+    done = torchrun(3, ["generate", "--model", "smollm2", "--prompt", prompt, "--max-new-tokens", str(STEPS),
+                        "--spd-blocks", ",".join(map(str, blocks)), "--save-logits", str(out)])
+    saved = torch.load(out)
+    ids = tok(prompt, return_tensors="pt").input_ids
+    assert_same(saved["logits"], saved["tokens"], *simulated_logits(model, ids, 3, blocks))
+    assert "sync points per token" in done.stdout
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "spd_ref", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+
+
+def test_generate_errors_are_clear():
+    done = run_cli("generate", "--model", "./no/such/folder")
+    assert done.returncode == 2 and "does not exist" in done.stderr and "Fix" in done.stderr
+    done = run_cli("generate", "--model", "smollm2", "--tp", "4")
+    assert done.returncode == 2 and "no torchrun environment" in done.stderr and "--nproc-per-node 4" in done.stderr
+    done = run_cli("generate", "--model", "smollm2", "--spd-blocks", "3,99", "--max-new-tokens", "1")
+    assert done.returncode == 2 and "99 is out of range" in done.stderr
