@@ -26,6 +26,11 @@ WEIGHTS = ("input_norm", "q_w", "k_w", "v_w", "q_b", "k_b", "v_b", "o_w", "o_b",
            "post_norm", "gate_w", "up_w", "down_w", "gate_b", "up_b", "down_b")
 
 
+def local_sum(partials: torch.Tensor) -> torch.Tensor:
+    """The "no communication" sync: this rank's partials only (the latency floor, not a model)."""
+    return partials.sum(0)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """LlamaRMSNorm, to the operation (fp32 statistics, weight applied in the input dtype)."""
     xf = x.float()
@@ -175,7 +180,16 @@ class TPTransformer(nn.Module):
         return sum(2 if m is BlockMode.TP else 1 for m in self.block_modes)
 
     def compile_blocks(self, **compile_kwargs) -> None:
-        """torch.compile the block function; weights are inputs, so one compile serves all layers."""
+        """torch.compile the block function; weights are inputs, so one compile serves all layers.
+
+        It still compiles once per (block mode, sync function, batch, tokens per call): raise dynamo's
+        recompile limit so a sweep over those never falls back to eager silently.
+        """
+        import torch._dynamo.config as dynamo_config
+
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo_config, name):
+                setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
         self._block_fn = torch.compile(block_forward, fullgraph=True, dynamic=False, **compile_kwargs)
 
     def setup_cache(self, batch: int, max_seq_len: int) -> None:
@@ -190,7 +204,7 @@ class TPTransformer(nn.Module):
 
     # ---- running ------------------------------------------------------------------------------
     def _sync(self) -> Callable:
-        return (lambda t: t.sum(0)) if self.comm == "none" else self.ctx.sync
+        return local_sum if self.comm == "none" else self.ctx.sync
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
