@@ -100,7 +100,7 @@ def bench_peer(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> N
                   use_cache=True)
         for mode in ("eager", "compiled"):
             if mode == "compiled":
-                if args.compile == "off":
+                if args.compile == "off" or (args.compile_batches and batch not in args.compile_batches):
                     break
                 if "compiled" not in steps:
                     steps["compiled"] = torch.compile(model.forward, mode="reduce-overhead", dynamic=False)
@@ -152,6 +152,7 @@ def parser() -> argparse.ArgumentParser:
     a("--ctx", type=int, default=512)
     a("--compile", choices=("off", "try"), default="try",
           help="try: also time torch.compile(mode='reduce-overhead'), keeping eager if it fails")
+    a("--compile-batches", default="", help="compile only at these batch sizes (default: all)")
     a("--repeats", type=int, default=100)
     a("--warmup", type=int, default=10)
     a("--seed", type=int, default=0)
@@ -166,6 +167,7 @@ def cli(argv: Optional[list[str]] = None) -> int:
     # distributed_config); the old names still work on every version this runs on (5.17 .. 5.24).
     warnings.filterwarnings("ignore", category=FutureWarning)
     args.batch = parse_list(args.batch, int)
+    args.compile_batches = parse_list(args.compile_batches, int)
     label = args.shape + (f"-{args.layers}l" if args.layers else "")
     folder = args.checkpoint or f"/tmp/spd_ref_peer_{label}"
     if args.make_checkpoint:

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The whole latency sweep on one 4 x H100 machine, in two phases of under 10 minutes each.
+#
+#   bash scripts/gpu_sweep.sh a      # TP 4 (P2P on, off) for 7B, 13B, 70B; TP 1 for 7B, 13B
+#   bash scripts/gpu_sweep.sh b      # TP 2 (P2P on, off) for 7B, 13B; peer: transformers tp_plan, TP 4, 7B
+#   bash scripts/gpu_sweep.sh smoke  # 1 minute: every code path on 2 GPUs with 2-layer shapes
+#
+# Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
+# log $OUT/sweep_PHASE.log and two PNGs, and prints a short table last (scripts/sweep_summary.py).
+# OUT defaults to results/gpu. Every step runs under `spd_ref.launch --timeout`, inside a phase
+# budget (BUDGET_S, default 560 s): a step that would start with under 30 s left is skipped and
+# named at the end; rows are written as they are measured, so a step cut short keeps its rows.
+# If the first step of a phase fails without writing a row, the phase stops there (a code bug,
+# not worth the device time of the rest).
+#
+# NCCL settings of the machine are left alone (NVLink multicast stays off); `--p2p off` only sets
+# NCCL_P2P_DISABLE=1 for that step.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PHASE=${1:-a}
+OUT=${OUT:-results/gpu}
+BUDGET_S=${BUDGET_S:-560}
+mkdir -p "$OUT"
+JSONL="$OUT/sweep_$PHASE.jsonl"
+LOG="$OUT/sweep_$PHASE.log"
+: > "$JSONL"
+exec > >(tee -a "$LOG") 2>&1
+
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# Inductor's cache in the checkout (an ignored folder): the P2P-off step reuses the P2P-on step's
+# compiled kernels, and a warm machine keeps them for the next phase.
+export TORCHINDUCTOR_CACHE_DIR="$PWD/.cache/inductor"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+# The measurement itself (DESIGN.md performance protocol): ctx 512, batch 1 and 16, prompts 128 and
+# 2048, five SPD ratios plus the no-comm floor, compiled blocks + CUDA graphs.
+BENCH=(bench --ctx 512 --batch 1,16 --prompt-lens 128,2048 --spd-ratios 0,0.25,0.5,0.75,1
+       --prefill-ratios 0,1 --no-comm --repeats 100 --warmup 10 --prefill-repeats 3
+       --out "$JSONL" --tag "sweep-$PHASE")
+PEER_DIR=${PEER_DIR:-/tmp/spd_ref_peer_llama2-7b}
+# PYTHON: the interpreter (python3 there; this repo's .venv/bin/python to try the smoke phase on a CPU).
+PYTHON=${PYTHON:-python3}
+
+STATUS=()
+FIRST=1
+rows() { [[ -f "$JSONL" ]] && wc -l < "$JSONL" || echo 0; }
+
+# step NAME MAX_SECONDS ARGS...: "$PYTHON" -m spd_ref.launch --timeout LIMIT ARGS...
+step() {
+  local name=$1 max=$2; shift 2
+  local left=$(( BUDGET_S - SECONDS ))
+  if (( left < 30 )); then
+    echo "=== $name: SKIPPED, ${left} s left of the ${BUDGET_S} s budget"
+    STATUS+=("$name: skipped (budget)"); return 0
+  fi
+  local limit=$(( max < left ? max : left )) before t0 rc
+  before=$(rows); t0=$SECONDS
+  echo "=== $name: start at ${SECONDS} s, limit ${limit} s"
+  "$PYTHON" -m spd_ref.launch --timeout "$limit" "$@"
+  rc=$?
+  echo "=== $name: rc=$rc, $(( SECONDS - t0 )) s, $(( $(rows) - before )) rows"
+  STATUS+=("$name: rc=$rc, $(( SECONDS - t0 )) s, $(( $(rows) - before )) rows")
+  if (( FIRST && rc != 0 && $(rows) == before )); then
+    echo "=== the first step failed without a row: stopping phase $PHASE (fix, then resend)"
+    finish; exit 1
+  fi
+  FIRST=0
+}
+
+finish() {
+  echo; echo "=== phase $PHASE steps (${SECONDS} s in all):"; printf '  %s\n' "${STATUS[@]}"
+  "$PYTHON" -m spd_ref.plots_latency "$JSONL" || true
+  "$PYTHON" -m spd_ref commcost --results "$JSONL" > "$OUT/commcost_$PHASE.txt" 2>&1 || true
+  echo; "$PYTHON" scripts/sweep_summary.py "$JSONL"
+}
+
+echo "=== sweep phase $PHASE on $(hostname) at $(date -u +%FT%TZ), budget ${BUDGET_S} s"
+nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader 2>/dev/null || true
+"$PYTHON" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'nccl', torch.cuda.nccl.version() if torch.cuda.is_available() else None, 'transformers', transformers.__version__, 'gpus', torch.cuda.device_count())"
+env | grep -E '^NCCL_|^TORCH_SYMM|^NVSHMEM' | sort || true
+
+case "$PHASE" in
+  a)
+    step tp4-p2p-on 300 --nproc 4 --p2p on "${BENCH[@]}" --shape llama2-7b,llama2-13b,llama2-70b --allreduce
+    step tp1 150 --nproc 1 "${BENCH[@]}" --shape llama2-7b,llama2-13b
+    step tp4-p2p-off 300 --nproc 4 --p2p off "${BENCH[@]}" --shape llama2-7b,llama2-13b,llama2-70b --allreduce
+    ;;
+  b)
+    step tp2-p2p-on 240 --nproc 2 --p2p on "${BENCH[@]}" --shape llama2-7b,llama2-13b --allreduce
+    step tp2-p2p-off 200 --nproc 2 --p2p off "${BENCH[@]}" --shape llama2-7b,llama2-13b --allreduce
+    echo "=== peer checkpoint: $PEER_DIR"
+    timeout 300 "$PYTHON" -m spd_ref.peer --make-checkpoint --shape llama2-7b --checkpoint "$PEER_DIR"
+    step peer-tp4 240 --nproc 4 --p2p on --module spd_ref.peer --shape llama2-7b --checkpoint "$PEER_DIR" \
+      --batch 1,16 --ctx 512 --compile try --compile-batches 1 --repeats 50 --warmup 5 \
+      --out "$JSONL" --tag "sweep-$PHASE"
+    ;;
+  smoke)
+    SMOKE=(bench --ctx 64 --batch 1,2 --prompt-lens 32 --spd-ratios 0,1 --prefill-ratios 0,1 --no-comm
+           --repeats 20 --warmup 3 --prefill-repeats 2 --layers 2 --out "$JSONL" --tag smoke)
+    step smoke-tp2 150 --nproc 2 --p2p on "${SMOKE[@]}" --shape llama2-7b,llama2-70b --allreduce --ar-sizes 8K,1M
+    step smoke-tp2-eager 90 --nproc 2 --p2p off "${SMOKE[@]}" --shape llama2-7b --eager
+    timeout 120 "$PYTHON" -m spd_ref.peer --make-checkpoint --shape llama2-7b --layers 2 --checkpoint /tmp/spd_ref_peer_smoke
+    step smoke-peer 150 --nproc 2 --module spd_ref.peer --shape llama2-7b --layers 2 \
+      --checkpoint /tmp/spd_ref_peer_smoke --batch 1 --ctx 64 --compile "${PEER_COMPILE:-try}" --repeats 20 --warmup 3 \
+      --out "$JSONL" --tag smoke
+    ;;
+  *)
+    echo "unknown phase $PHASE: use a, b or smoke"; exit 2 ;;
+esac
+finish
