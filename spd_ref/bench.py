@@ -326,7 +326,7 @@ def bench_model(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> 
                                sync_bytes=batch * plen * cfg.hidden_size * model.embed.element_size(),
                                compiled=False, ranks_agree=agree))
                 del replay, graph, out
-    compiled = not args.eager and dev.type == "cuda"
+    compiled = args.compile == "on" or (args.compile == "auto" and dev.type == "cuda")
     if compiled:
         model.compile_blocks()
     for batch in args.batch:
@@ -393,7 +393,10 @@ def parser() -> argparse.ArgumentParser:
     a("--prefill-ratios", default="0,1", help="prefill: shares of blocks with SPD")
     a("--plan", default=None, help="SPD plan folder: blocks by sensitivity instead of spread evenly")
     a("--no-comm", action="store_true", help="also measure the floor: every all-reduce removed")
-    a("--eager", action="store_true", help="no torch.compile (graphs are still captured on GPU)")
+    a("--compile", choices=("auto", "on", "off"), default="auto",
+      help="torch.compile the decode blocks: auto = on GPUs only (CPU compiles are for tests)")
+    a("--eager", dest="compile", action="store_const", const="off",
+      help="same as --compile off (CUDA graphs are still captured on GPUs)")
     a("--repeats", type=int, default=100, help="timed decode steps per variant")
     a("--warmup", type=int, default=10, help="untimed replays before timing")
     a("--prefill-repeats", type=int, default=5, help="timed prefills per variant")
