@@ -87,12 +87,19 @@ def spread_blocks(ratio: float, num_blocks: int) -> list[int]:
 
 
 def blocks_for_ratio(ratio: float, num_blocks: int, plan_dir: Optional[str] = None) -> list[int]:
-    """SPD blocks for a ratio: the plan's least sensitive blocks with --plan, else spread_blocks."""
+    """SPD blocks for a ratio: with --plan, the round(r L) least sensitive blocks of the calibrated
+    scan (spd_ref.sensitivity.choose_blocks, as calibration chooses them); else spread_blocks."""
     if plan_dir is None:
         return spread_blocks(ratio, num_blocks)
-    from . import plan as plan_mod  # lazy: only --plan needs it
+    from .plan import load_plan  # lazy: only --plan needs the calibration modules
+    from .sensitivity import choose_blocks
 
-    return sorted(int(b) for b in plan_mod.load_plan(plan_dir).blocks_for_ratio(ratio))
+    plan = load_plan(plan_dir)
+    if plan.num_blocks != num_blocks:
+        raise ValueError(f"--plan {plan_dir} is for {plan.num_blocks} blocks ({plan.model_id!r}); this model "
+                         f"has {num_blocks}. Fix: use the plan of this model, or leave --plan out.")
+    scores = {r.block: r.sensitivity for r in plan.blocks}
+    return choose_blocks([scores[b] for b in range(num_blocks)], ratio)
 
 
 def parse_list(text: str, kind: Callable = float) -> list:

@@ -22,6 +22,21 @@ def test_spread_blocks_rule() -> None:
         bench.spread_blocks(1.5, 8)
 
 
+def test_plan_picks_the_least_sensitive_blocks(tmp_path) -> None:
+    from spd_ref.plan import BlockRecord, Plan, save_plan
+
+    scores = [0.5, 0.1, 0.9, 0.2]
+    records = [BlockRecord(block=i, sensitivity=s, relative=s / 10, block_class="in-sensitive", strategy="zs",
+                           chosen=False) for i, s in enumerate(scores)]
+    plan = Plan(model_id="tiny", tp_degree=2, num_blocks=4, signature={}, fingerprint=[0.0, 0.0], base_ppl=10.0,
+                spd_blocks=[], blocks=records, settings={})
+    folder = save_plan(plan, tmp_path / "plan")
+    assert bench.blocks_for_ratio(0.5, 4, str(folder)) == [1, 3]
+    assert bench.blocks_for_ratio(0.75, 4, str(folder)) == [0, 1, 3]
+    with pytest.raises(ValueError, match="is for 4 blocks"):
+        bench.blocks_for_ratio(0.5, 8, str(folder))
+
+
 def test_llama_shapes_are_the_public_ones() -> None:
     c7, c13, c70 = (bench.llama_config(s) for s in ("llama2-7b", "llama2-13b", "llama2-70b"))
     assert (c7.hidden_size, c7.num_hidden_layers, c7.num_attention_heads, c7.num_key_value_heads,
