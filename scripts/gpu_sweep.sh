@@ -13,6 +13,7 @@
 # If the first step of a phase fails without writing a row, the phase stops there (a code bug,
 # not worth the device time of the rest).
 #
+# BENCH_EXTRA adds bench flags to every bench step (e.g. BENCH_EXTRA=--eager if compiling fails there).
 # NCCL settings of the machine are left alone (NVLink multicast stays off); `--p2p off` only sets
 # NCCL_P2P_DISABLE=1 for that step.
 set -uo pipefail
@@ -38,7 +39,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # 2048, five SPD ratios plus the no-comm floor, compiled blocks + CUDA graphs.
 BENCH=(bench --ctx 512 --batch 1,16 --prompt-lens 128,2048 --spd-ratios 0,0.25,0.5,0.75,1
        --prefill-ratios 0,1 --no-comm --repeats 100 --warmup 10 --prefill-repeats 3
-       --out "$JSONL" --tag "sweep-$PHASE")
+       --out "$JSONL" --tag "sweep-$PHASE" ${BENCH_EXTRA:-})
 PEER_DIR=${PEER_DIR:-/tmp/spd_ref_peer_llama2-7b}
 # PYTHON: the interpreter (python3 there; this repo's .venv/bin/python to try the smoke phase on a CPU).
 PYTHON=${PYTHON:-python3}
@@ -78,6 +79,7 @@ finish() {
 
 echo "=== sweep phase $PHASE on $(hostname) at $(date -u +%FT%TZ), budget ${BUDGET_S} s"
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader 2>/dev/null || true
+nvidia-smi topo -m 2>/dev/null | head -8 || true
 "$PYTHON" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'nccl', torch.cuda.nccl.version() if torch.cuda.is_available() else None, 'transformers', transformers.__version__, 'gpus', torch.cuda.device_count())"
 env | grep -E '^NCCL_|^TORCH_SYMM|^NVSHMEM' | sort || true
 
