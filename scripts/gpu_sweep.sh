@@ -3,7 +3,7 @@
 #
 #   bash scripts/gpu_sweep.sh a      # TP 4 (P2P on, off) for 7B, 13B, 70B; TP 1 for 7B, 13B
 #   bash scripts/gpu_sweep.sh b      # TP 2 (P2P on, off) for 7B, 13B; peer: transformers tp_plan, TP 4, 7B
-#   bash scripts/gpu_sweep.sh smoke  # 1 minute: every code path on 2 GPUs with 2-layer shapes
+#   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
 # log $OUT/sweep_PHASE.log and two PNGs, and prints a short table last (scripts/sweep_summary.py).
@@ -99,10 +99,12 @@ case "$PHASE" in
       --out "$JSONL" --tag "sweep-$PHASE"
     ;;
   smoke)
-    SMOKE=(bench --ctx 64 --batch 1,2 --prompt-lens 32 --spd-ratios 0,1 --prefill-ratios 0,1 --no-comm
+    # 2-layer models: every code path (compiled + graphs, eager + graphs, GQA, P2P off, the peer) and
+    # the compile time of one block (compile_s in the rows), in about 3 minutes.
+    SMOKE=(bench --ctx 64 --prompt-lens 32 --spd-ratios 0,1 --prefill-ratios 0,1 --no-comm
            --repeats 20 --warmup 3 --prefill-repeats 2 --layers 2 --out "$JSONL" --tag smoke)
-    step smoke-tp2 150 --nproc 2 --p2p on "${SMOKE[@]}" --shape llama2-7b,llama2-70b --allreduce --ar-sizes 8K,1M
-    step smoke-tp2-eager 90 --nproc 2 --p2p off "${SMOKE[@]}" --shape llama2-7b --eager
+    step smoke-tp2 150 --nproc 2 --p2p on "${SMOKE[@]}" --batch 1 --shape llama2-7b --allreduce --ar-sizes 8K,1M
+    step smoke-tp2-eager 90 --nproc 2 --p2p off "${SMOKE[@]}" --batch 1,2 --shape llama2-70b --eager
     timeout 120 "$PYTHON" -m spd_ref.peer --make-checkpoint --shape llama2-7b --layers 2 --checkpoint /tmp/spd_ref_peer_smoke
     step smoke-peer 150 --nproc 2 --module spd_ref.peer --shape llama2-7b --layers 2 \
       --checkpoint /tmp/spd_ref_peer_smoke --batch 1 --ctx 64 --compile "${PEER_COMPILE:-try}" --repeats 20 --warmup 3 \
