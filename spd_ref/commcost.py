@@ -159,7 +159,9 @@ def interpolate_ar(rows: Iterable[dict], tp: int, p2p: bool, nbytes: float) -> O
 
 
 def _group_key(r: dict) -> tuple:
-    return (r.get("impl") or "spd_ref", r["shape"], r["tp"], r["p2p"], r["batch"], r["ctx"], r["compiled"])
+    """(impl, shape, tp, p2p, batch, ctx, compiled, layers): one decode setting."""
+    return (r.get("impl") or "spd_ref", r["shape"], r["tp"], r["p2p"], r["batch"], r["ctx"], r["compiled"],
+            r.get("layers"))
 
 
 def decode_groups(rows: Iterable[dict]) -> dict[tuple, dict]:
