@@ -145,8 +145,13 @@ class TPTransformer(nn.Module):
 
     @classmethod
     def random(cls, config, ctx: TPContext, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> "TPTransformer":
-        """Random weights of the right shapes, made directly on the device (for latency only)."""
+        """Random weights of the right shapes, made directly on the device (for latency only).
+
+        Shards differ per rank (seed + rank); replicated tensors (embedding, norms) are drawn from
+        `seed` alone, so they are equal on every rank as they must be.
+        """
         gen = torch.Generator(device=ctx.device).manual_seed(seed + ctx.rank)
+        shared = torch.Generator(device=ctx.device).manual_seed(seed)
         slices = _rank_slices(config, partition_for_config(config, ctx.world_size)[ctx.rank])
         shapes = _full_shapes(config)
         std = 1 / math.sqrt(config.hidden_size)
@@ -160,10 +165,11 @@ class TPTransformer(nn.Module):
                 shape[dim] = sl.stop - sl.start
             if name.endswith("norm"):
                 return torch.ones(shape, device=ctx.device, dtype=dtype)
-            return (torch.randn(shape, generator=gen, device=ctx.device, dtype=torch.float32) * std).to(dtype)
+            g = shared if dim < 0 else gen  # replicated biases must match across ranks
+            return (torch.randn(shape, generator=g, device=ctx.device, dtype=torch.float32) * std).to(dtype)
 
         blocks = [{name: rand(name) for name in WEIGHTS} for _ in range(config.num_hidden_layers)]
-        embed = torch.randn(config.vocab_size, config.hidden_size, generator=gen, device=ctx.device).to(dtype)
+        embed = torch.randn(config.vocab_size, config.hidden_size, generator=shared, device=ctx.device).to(dtype)
         norm = torch.ones(config.hidden_size, device=ctx.device, dtype=dtype)
         return cls(config, ctx, blocks, embed, norm, embed)
 
