@@ -32,6 +32,7 @@ FORMAT = 1
 SIGNATURE_FIELDS = ("model_type", "hidden_size", "num_attention_heads", "num_key_value_heads",
                     "intermediate_size", "vocab_size", "head_dim")
 FINGERPRINT_RTOL = 1e-2  # [ours] loose enough for fp32 vs bf16 copies of the same weights
+FINGERPRINT_ENTRIES = 16
 
 
 @dataclass
@@ -80,9 +81,10 @@ def config_signature(config) -> dict[str, Any]:
 
 
 def weight_fingerprint(model: nn.Module) -> list[float]:
-    """[L1 norm, L2 norm] of the input embedding (SPD plans never change it)."""
-    w = model.get_input_embeddings().weight.detach().double()
-    return [w.abs().sum().item(), w.norm().item()]
+    """RMS and 16 evenly spaced entries of the input embedding (SPD plans never change it)."""
+    w = model.get_input_embeddings().weight.detach().double().flatten()
+    picks = torch.linspace(0, w.numel() - 1, FINGERPRINT_ENTRIES).long()
+    return [w.pow(2).mean().sqrt().item()] + w[picks].tolist()
 
 
 def package_versions() -> dict[str, str]:
@@ -166,10 +168,13 @@ def merged_state_dict(plan: Plan, state_dict: dict[str, torch.Tensor]) -> dict[s
 
 
 def check_fingerprint(plan: Plan, model: nn.Module) -> None:
-    got = weight_fingerprint(model)
-    if any(abs(a - b) > FINGERPRINT_RTOL * abs(b) for a, b in zip(got, plan.fingerprint)):
-        raise ValueError(f"the model's embedding norms {got} differ from the plan's {plan.fingerprint}: same "
-                         f"architecture, other weights than {plan.model_id!r}. Fix: load that model.")
+    got, want = weight_fingerprint(model), plan.fingerprint
+    rms = want[0]
+    if abs(got[0] - rms) > FINGERPRINT_RTOL * rms or any(abs(a - b) > FINGERPRINT_RTOL * rms
+                                                       for a, b in zip(got[1:], want[1:])):
+        raise ValueError(f"the model's embedding weights (rms {got[0]:.4g}, entries {got[1:4]}...) differ from the "
+                         f"plan's (rms {rms:.4g}, entries {want[1:4]}...): same architecture, other weights than "
+                         f"{plan.model_id!r}. Fix: load that model.")
 
 
 @torch.no_grad()

@@ -227,9 +227,10 @@ def classify(scan: SensitivityScan, tau1: float = TAU1, tau2: float = TAU2) -> l
 
     [ours] tau1 = 0.005 and tau2 = 0.05 are relative perplexity increases per block (the paper gives
     no values); relative, so that one pair of thresholds means the same for any model and text.
+    Negative thresholds are allowed (e.g. tau2 < 0 sends every block to HG + B2B).
     """
-    if not 0 <= tau1 < tau2:
-        raise ValueError(f"thresholds must satisfy 0 <= tau1 < tau2; got tau1={tau1}, tau2={tau2}. "
+    if not tau1 < tau2:
+        raise ValueError(f"thresholds must satisfy tau1 < tau2; got tau1={tau1}, tau2={tau2}. "
                          "They are relative perplexity increases per block, e.g. tau1=0.005, tau2=0.05.")
     return [BlockClass.INSENSITIVE if r <= tau1 else BlockClass.SENSITIVE if r <= tau2 else BlockClass.EXTREME
             for r in scan.relative]
