@@ -3,9 +3,10 @@
     torchrun --standalone --nproc-per-node 4 scripts/gpu_check.py --out results/gpu_check_tp4.json
 
 Every rank builds the same random model (seeded, on the CPU) and runs its shard through the runtime
-(spd_ref.model, one all-reduce per sync point); rank 0 also runs the simulated model (spd_ref.hf) on
-its GPU. Compared: prefill logits and 8 greedy decode steps, without SPD and with SPD on half the
-blocks, in fp32 and bf16; eager and with the compiled block function. Works on CPUs with gloo too.
+(spd_ref.model, one all-reduce per sync point); rank 0 also runs the simulated model (spd_ref.hf) on its GPU. Compared: prefill logits and 8 greedy decode steps, without SPD and with SPD on half the
+blocks, in fp32 and bf16; eager and with the compiled block function. Decode steps are teacher-forced
+with the reference's tokens (random weights give near-tied logits, where bf16 rounding may flip an
+argmax). Works on CPUs with gloo too.
 """
 from __future__ import annotations
 
@@ -66,26 +67,28 @@ def main() -> None:
     full = LlamaForCausalLM(config).eval()  # same seed, same CPU generator: same weights on every rank
     ids = torch.randint(0, config.vocab_size, (1, 64), generator=torch.Generator().manual_seed(1))
     rows = []
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
     for dtype in (torch.float32, torch.bfloat16):
-        model = full.to(dtype)
-        ref_model = model.to(ctx.device) if ctx.is_main else None
+        # Every rank computes the (deterministic) reference, so every rank can teacher-force its tokens.
+        model = full.to(dtype).to(ctx.device)
+        model.model.rotary_emb = LlamaRotaryEmbedding(config).to(ctx.device)  # fp32 frequencies, as loaded
         for blocks in ([], list(range(0, args.layers, 2))):
-            ref = simulated(ref_model, ids.to(ctx.device), ctx.world_size, blocks) if ctx.is_main else None
+            ref = simulated(model, ids.to(ctx.device), ctx.world_size, blocks)
             # The latency sweep runs compiled bf16 blocks: check that path, and fp32 eager for exactness.
             for compiled in (False, True) if dtype == torch.bfloat16 else (False,):
                 rt = TPTransformer.from_hf(config, model.state_dict(), ctx, dtype)
                 rt.set_spd_blocks(blocks)
                 if compiled:
                     rt.compile_blocks()
-                tokens, logits = rt.generate(ids, STEPS)
+                tokens, logits = rt.generate(ids, STEPS, forced_tokens=torch.tensor([ref[1]]))
                 if ctx.is_main:
                     row = {"dtype": str(dtype).split(".")[-1], "spd_blocks": blocks, "compiled": compiled,
                            "tokens_equal": tokens[0].tolist() == ref[1], **compare(logits, ref[0])}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                 del rt
-        if ctx.is_main:
-            full = model.to("cpu")
+        full = model.to("cpu")
     if ctx.is_main:
         result = {"check": "runtime (torchrun) vs simulated TP", "tp": ctx.world_size, "layers": args.layers,
                   "shape": "tiny" if args.tiny else "llama2-7b", "prompt_tokens": 64, "decode_steps": STEPS,

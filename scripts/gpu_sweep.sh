@@ -3,6 +3,8 @@
 #
 #   bash scripts/gpu_sweep.sh a      # TP 4 (P2P on, off) for 7B, 13B, 70B; TP 1 for 7B, 13B
 #   bash scripts/gpu_sweep.sh b      # TP 2 (P2P on, off) for 7B, 13B; peer: transformers tp_plan, TP 4, 7B
+#   bash scripts/gpu_sweep.sh c      # 7B again at TP 4 (P2P on, off) and TP 1, then TP 2 (on, off) for 7B, 13B
+#   bash scripts/gpu_sweep.sh peer   # 7B TP 4 ours beside transformers tp_plan, same machine and call
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -92,6 +94,23 @@ case "$PHASE" in
   b)
     step tp2-p2p-on 240 --nproc 2 --p2p on "${BENCH[@]}" --shape llama2-7b,llama2-13b --allreduce
     step tp2-p2p-off 200 --nproc 2 --p2p off "${BENCH[@]}" --shape llama2-7b,llama2-13b --allreduce
+    echo "=== peer checkpoint: $PEER_DIR"
+    timeout 300 "$PYTHON" -m spd_ref.peer --make-checkpoint --shape llama2-7b --checkpoint "$PEER_DIR"
+    step peer-tp4 240 --nproc 4 --p2p on --module spd_ref.peer --shape llama2-7b --checkpoint "$PEER_DIR" \
+      --batch 1,16 --ctx 512 --compile try --compile-batches 1 --repeats 50 --warmup 5 \
+      --out "$JSONL" --tag "sweep-$PHASE"
+    ;;
+  c)
+    # After fusing q/k/v and gate/up (one matmul each): 7B again at TP 4 and 1, then TP 2 for 7B and 13B.
+    step tp4-p2p-on-7b 150 --nproc 4 --p2p on "${BENCH[@]}" --shape llama2-7b --allreduce
+    step tp1-7b 100 --nproc 1 "${BENCH[@]}" --shape llama2-7b
+    step tp4-p2p-off-7b 150 --nproc 4 --p2p off "${BENCH[@]}" --shape llama2-7b
+    step tp2-p2p-on 200 --nproc 2 --p2p on "${BENCH[@]}" --shape llama2-7b,llama2-13b --allreduce
+    step tp2-p2p-off 200 --nproc 2 --p2p off "${BENCH[@]}" --shape llama2-7b,llama2-13b --allreduce
+    ;;
+  peer)
+    step tp4-p2p-on-7b-b1 100 --nproc 4 --p2p on "${BENCH[@]}" --shape llama2-7b --batch 1,16 --prompt-lens 128 \
+      --spd-ratios 0,1
     echo "=== peer checkpoint: $PEER_DIR"
     timeout 300 "$PYTHON" -m spd_ref.peer --make-checkpoint --shape llama2-7b --checkpoint "$PEER_DIR"
     step peer-tp4 240 --nproc 4 --p2p on --module spd_ref.peer --shape llama2-7b --checkpoint "$PEER_DIR" \

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .block import BlockMode, block_residual, mlp_partial
+from .block import BlockMode, block_residual
 from .hf import validate_blocks
 from .partition import RankShard, partition_for_config
 from .tp import TPContext
@@ -48,11 +48,10 @@ def block_forward(x: torch.Tensor, w: dict, k_cache: torch.Tensor, v_cache: torc
                   kv_index: Optional[torch.Tensor]) -> torch.Tensor:
     """One block on one rank: x (B, T, d) -> block output (B, T, d); updates the KV cache in place."""
     b, t, _ = x.shape
-    hd = k_cache.shape[-1]
+    hd, n_kv = k_cache.shape[-1], k_cache.shape[1]
     h = rms_norm(x, w["input_norm"], eps)
-    q = F.linear(h, w["q_w"], w["q_b"]).view(b, t, -1, hd).transpose(1, 2)
-    k = F.linear(h, w["k_w"], w["k_b"]).view(b, t, -1, hd).transpose(1, 2)
-    v = F.linear(h, w["v_w"], w["v_b"]).view(b, t, -1, hd).transpose(1, 2)
+    qkv = F.linear(h, w["qkv_w"], w["qkv_b"]).view(b, t, -1, hd).transpose(1, 2)
+    q, k, v = qkv.split([qkv.shape[1] - 2 * n_kv, n_kv, n_kv], dim=1)
     q, k = rotate(q, cos, sin), rotate(k, cos, sin)
     k_cache[:, :, input_pos] = k
     v_cache[:, :, input_pos] = v
@@ -63,8 +62,9 @@ def block_forward(x: torch.Tensor, w: dict, k_cache: torch.Tensor, v_cache: torc
     attn = attn.transpose(1, 2).reshape(b, t, -1)
     partial = F.linear(attn, w["o_w"])[None]  # (R=1, B, T, d): this rank's o_proj partial, no bias
 
-    def mlp_shard(y: torch.Tensor) -> torch.Tensor:
-        return mlp_partial(y, w["gate_w"], w["up_w"], w["down_w"], act, w["gate_b"], w["up_b"])
+    def mlp_shard(y: torch.Tensor) -> torch.Tensor:  # block.mlp_partial with gate/up in one matmul
+        gate, up = F.linear(y, w["gate_up_w"], w["gate_up_b"]).chunk(2, dim=-1)
+        return F.linear(act(gate) * up, w["down_w"])
 
     return block_residual(x, partial, mlp_shard, lambda y: rms_norm(y, w["post_norm"], eps), sync,
                           mode, w["o_b"], w["down_b"])
@@ -102,8 +102,8 @@ class TPTransformer(nn.Module):
         self.partition = partition_for_config(config, ctx.world_size)
         shard = self.partition[ctx.rank]
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self.blocks = [{k: (nn.Parameter(v, requires_grad=False) if v is not None else None) for k, v in b.items()}
-                       for b in blocks]
+        self.blocks = [{k: (nn.Parameter(v, requires_grad=False) if v is not None else None)
+                        for k, v in _fuse(b).items()} for b in blocks]
         self._params = nn.ParameterList([p for b in self.blocks for p in b.values() if p is not None])
         self.embed, self.final_norm, self.lm_head = embed, final_norm, lm_head
         self.act, self.eps = ACT2FN[config.hidden_act], config.rms_norm_eps
@@ -227,17 +227,35 @@ class TPTransformer(nn.Module):
         return F.linear(rms_norm(x, self.final_norm, self.eps), self.lm_head)
 
     @torch.no_grad()
-    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Greedy decoding: (new tokens (B, n), [prefill logits, logits of each decode step])."""
+    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int,
+                 forced_tokens: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Greedy decoding: (new tokens (B, n), [prefill logits, logits of each decode step]).
+
+        With `forced_tokens` (B, n) the decode steps are fed those tokens instead of their own
+        argmax (teacher forcing), so two runs can be compared step by step even where random
+        weights make near-ties flip the argmax.
+        """
         b, t = prompt_ids.shape
         self.setup_cache(b, t + max_new_tokens)
         pos = torch.arange(t, device=self.ctx.device)
         logits = [self(prompt_ids.to(self.ctx.device), pos)]
         tokens = [logits[-1][:, -1].argmax(-1, keepdim=True)]
         for step in range(max_new_tokens - 1):
-            logits.append(self(tokens[-1], torch.tensor([t + step], device=self.ctx.device)))
+            fed = tokens[-1] if forced_tokens is None else forced_tokens[:, step:step + 1].to(self.ctx.device)
+            logits.append(self(fed, torch.tensor([t + step], device=self.ctx.device)))
             tokens.append(logits[-1][:, -1].argmax(-1, keepdim=True))
         return torch.cat(tokens, 1), logits
+
+
+def _fuse(block: dict) -> dict:
+    """q/k/v and gate/up as one matrix each: one matmul launch instead of three (two) when decoding."""
+    def cat(*names: str) -> Optional[torch.Tensor]:
+        parts = [block.pop(n) for n in names]
+        return None if parts[0] is None else torch.cat(parts)
+
+    qkv_w, qkv_b = cat("q_w", "k_w", "v_w"), cat("q_b", "k_b", "v_b")
+    gate_up_w, gate_up_b = cat("gate_w", "up_w"), cat("gate_b", "up_b")
+    return dict(block, qkv_w=qkv_w, qkv_b=qkv_b, gate_up_w=gate_up_w, gate_up_b=gate_up_b)
 
 
 def _full_shapes(config) -> dict[str, tuple[int, ...]]:
