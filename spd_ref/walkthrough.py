@@ -1,10 +1,6 @@
-"""What the walkthrough notebooks 01 and 02 call, so that their cells stay short (DESIGN.md, Notebooks).
-
-01, communication cost: a live all-reduce run through the launcher, the recorded GPU rows (or the
-reference table of RESOURCES.md), the ceiling on SPD's saving, and the decode cost model behind the
-widget. 02, the SPD block: one block of a transformers LLaMA cut into its N ranks' pieces, the
-exactness checks, the SPD error per block, and two WRONG SPD variants that exist only to show the
-pitfalls of METHOD.md s.2.
+"""What notebooks 01 (communication cost) and 02 (building the SPD block) call, so that their cells
+stay short (DESIGN.md, Notebooks). The two WRONG SPD variants here exist only to show the pitfalls
+of METHOD.md s.2; nothing else in the package uses them.
 """
 from __future__ import annotations
 
@@ -22,7 +18,7 @@ import torch
 
 from .block import BlockMode, MlpShards, block_residual
 from .commcost import BF16_BYTES, AlphaBeta, load_rows, predict_decode, print_table, saving_table
-from .hf import RankPartialsOProj, SimulatedTPLayer, apply_tp, decoder_layers, remove_tp, set_spd_blocks
+from .hf import RankPartialsOProj, SimulatedTPLayer, apply_tp, decoder_layers, remove_tp
 from .launch import launch
 from .partition import Partition, partition_for_config
 
@@ -33,7 +29,7 @@ REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference_h100
 def live_allreduce(nproc: int = 2, sizes: str = "1K,4K,16K,64K,256K,1M,4M", timeout_s: float = 180) -> list[dict]:
     """bench rows from `nproc` gloo processes on this CPU (through spd_ref.launch): the all-reduce
     microbenchmark, and a decode step of the tiny shape as baseline, SPD on every block, no comm."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # live rows are this machine's: they stay out of results/
         out = Path(tmp) / "live.jsonl"
         # 20 replays per size and 30 decode steps over 64 cached tokens: about 20 s on 2 cores.
         done = launch(nproc, ["bench", "--allreduce", "--ar-sizes", sizes, "--ar-repeats", "20", "--warmup", "3",
@@ -91,8 +87,7 @@ def show_figure(plot: Callable[[list[dict], Path], Optional[Path]], rows: list[d
 
 
 def _figure(*subplots, **kw):
-    """A matplotlib Figure outside pyplot: no global state, the same under any backend (plots_latency
-    switches pyplot to Agg, which would silence an inline figure)."""
+    """A Figure outside pyplot, so any backend works (plots_latency switches pyplot to Agg)."""
     from matplotlib.figure import Figure
 
     fig = Figure(**kw)
@@ -307,8 +302,9 @@ def pitfall_table(p: BlockPieces) -> list[dict]:
     """Each way of dropping the attention sync, against TP: its relative error, and for the two
     wrong SPD variants how exactly they miss SPD by (N-1) X or (N-1) b."""
     n, tp, spd = p.attn_partials.shape[0], block_output(p, BlockMode.TP), block_output(p, BlockMode.SPD)
+    naive = block_output(p, BlockMode.NAIVE)
     rows = [dict(variant="SPD", rel_err_vs_tp=relative_error(spd, tp)),
-            dict(variant="naive drop (no re-wiring)", rel_err_vs_tp=relative_error(block_output(p, BlockMode.NAIVE), tp))]
+            dict(variant="naive drop (no re-wiring)", rel_err_vs_tp=relative_error(naive, tp))]
     for name, wrong, term in (("X on every rank", wrong_spd_residual_on_every_rank, p.x),
                               ("o_proj bias on every rank", wrong_spd_bias_on_every_rank, p.o_bias)):
         if term is not None:
@@ -341,27 +337,21 @@ def exactness_checks(model, ids: torch.Tensor, tp_degrees: Sequence[int] = (2, 4
 def block_errors(model, ids: torch.Tensor, tp_degree: int) -> list[dict]:
     """Per block: the relative error of its output under SPD and under the naive drop against TP,
     each block fed the input it gets in the TP model (so errors do not carry from block to block)."""
+    from .sensitivity import capture_block_inputs  # the calibration cache: every block's TP input
+
     apply_tp(model, tp_degree)
-    calls: list = []
-    hooks = [layer.register_forward_pre_hook(lambda m, a, kw: calls.append((a, kw)), with_kwargs=True)
-             for layer in decoder_layers(model)]
     try:
-        model(ids, use_cache=False)
-        for h in hooks:
-            h.remove()
+        cache = capture_block_inputs(model, ids, batch_size=len(ids), progress=False)
         out = []
-        for i, (layer, (args, kwargs)) in enumerate(zip(decoder_layers(model), calls)):
-            row, outputs = dict(block=i), {}
-            for mode in (BlockMode.TP, BlockMode.SPD, BlockMode.NAIVE):
-                layer.block_mode = mode
-                outputs[mode] = layer(*args, **kwargs)
+        for i, layer in enumerate(decoder_layers(model)):
+            row = dict(block=i)
             for mode in (BlockMode.SPD, BlockMode.NAIVE):
-                row[f"{mode.value}_rel_err"] = relative_error(outputs[mode], outputs[BlockMode.TP])
+                layer.block_mode = mode
+                got = layer(cache.hidden[i], **cache.kwargs)
+                row[f"{mode.value}_rel_err"] = relative_error(got, cache.hidden[i + 1])  # block i's TP output
             out.append(row)
         return out
     finally:
-        for h in hooks:
-            h.remove()
         remove_tp(model)
 
 
@@ -375,15 +365,3 @@ def plot_block_errors(errors: list[dict]):
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
     return as_image(fig)
-
-
-@torch.no_grad()
-def loss_with(model, ids: torch.Tensor, tp_degree: int, spd_blocks: Sequence[int] = (),
-              mode: BlockMode = BlockMode.SPD) -> float:
-    """Mean next-token loss (nats) of `model` under simulated TP with `mode` on `spd_blocks`."""
-    apply_tp(model, tp_degree)
-    try:
-        set_spd_blocks(model, spd_blocks, mode)
-        return float(model(ids, labels=ids, use_cache=False).loss)
-    finally:
-        remove_tp(model)

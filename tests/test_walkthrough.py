@@ -90,13 +90,6 @@ def test_block_errors(model, ids):
     assert walkthrough.plot_block_errors(errors).data[:4] == b"\x89PNG"
 
 
-def test_loss_with_changes_only_under_spd(model, ids):
-    with torch.no_grad():
-        plain = float(model(ids, labels=ids).loss)
-    assert walkthrough.loss_with(model, ids, 4) == pytest.approx(plain, abs=1e-5)
-    assert walkthrough.loss_with(model, ids, 4, [0, 1]) != pytest.approx(plain, abs=1e-5)
-
-
 # ---- notebook 01 ---------------------------------------------------------------------------------
 def test_reference_file_matches_resources_table():
     doc = json.loads(walkthrough.REFERENCE.read_text())
