@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .block import BlockMode, MlpShards, block_residual
-from .commcost import BF16_BYTES, AlphaBeta, load_rows, predict_decode, print_table, saving_table
+from .commcost import BF16_BYTES, AlphaBeta, fit_rows, load_rows, predict_decode, print_table, saving_table
 from .hf import RankPartialsOProj, SimulatedTPLayer, apply_tp, decoder_layers, remove_tp
 from .launch import launch
 from .partition import Partition, partition_for_config
@@ -51,6 +51,18 @@ def load_recorded(results_dir: Path = REFERENCE.parent) -> tuple[list[dict], str
         return rows, f"{len(rows)} GPU rows from {', '.join(str(f.relative_to(results_dir)) for f in files)}"
     reference = json.loads(REFERENCE.read_text())
     return reference["rows"], reference["provenance"]["summary"]
+
+
+def print_fits(rows: list[dict]) -> None:
+    """The alpha-beta fit of each (TP, P2P) all-reduce microbenchmark in `rows`, one line each."""
+    for (tp, p2p), fit in fit_rows(rows).items():
+        print(f"TP {tp}, P2P {'on' if p2p else 'off'}: alpha = {fit.alpha_ms * 1e3:.1f} us, "
+              f"bus bandwidth = {fit.busbw_gbps:.2f} GB/s ({fit.points} message sizes)")
+
+
+def _ours(r: dict) -> bool:
+    """A compiled decode row of this runtime (not the transformers peer, not an eager variant)."""
+    return r.get("kind") == "decode" and (r.get("impl") or "spd_ref") == "spd_ref" and r.get("compiled") is not False
 
 
 def ceiling_table(rows: list[dict]) -> list[dict]:
@@ -146,7 +158,7 @@ COST_COLUMNS = [("tp", ""), ("busbw_gbps", ".0f"), ("alpha_us", ".1f"), ("batch"
 def fit_cost_model(rows: list[dict], shape: str = "llama2-7b", batch: int = 1) -> DecodeCostModel:
     """Fit floor(N) = serial + parallel / N to the compute-only decode times of `shape` at `batch`:
     the no-comm rows, and TP 1 baselines (one rank has nothing to communicate)."""
-    pts = [r for r in rows if r.get("kind") == "decode" and r["shape"] == shape and r["batch"] == batch
+    pts = [r for r in rows if _ours(r) and r["shape"] == shape and r["batch"] == batch
            and (r.get("no_comm") or r["tp"] == 1)]
     if len({r["tp"] for r in pts}) < 2:
         raise ValueError(f"need compute floors of {shape} at batch {batch} for 2 or more TP degrees, got "
@@ -168,7 +180,7 @@ def plot_cost_model(model: DecodeCostModel, alpha_us: float, measured: Sequence[
         right.plot(ratios, [model.predict(tp, 300, alpha_us, r)["spd_ms"] for r in ratios], color=f"C{i}",
                    label=f"TP {tp} model")
         right.axhline(model.floor_ms(tp), color=f"C{i}", ls="--", lw=1)
-        pts = [(r["spd_ratio"], r["ms_median"]) for r in measured if r.get("kind") == "decode" and r["tp"] == tp
+        pts = [(r["spd_ratio"], r["ms_median"]) for r in measured if _ours(r) and r["tp"] == tp
                and (r["shape"], r["batch"]) == (model.shape, model.batch) and r["p2p"] and not r["no_comm"]]
         if pts:
             right.plot(*zip(*sorted(pts)), "o", color=f"C{i}", label=f"TP {tp} measured (P2P on)")

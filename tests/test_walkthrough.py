@@ -115,7 +115,8 @@ def test_load_recorded_prefers_gpu_rows(tmp_path):
 def test_cost_model_fit_and_prediction():
     rows = [dict(kind="decode", shape="s", batch=1, tp=tp, no_comm=tp > 1, layers=10, hidden=1024,
                  ms_median=1.0 + 4.0 / tp) for tp in (1, 2, 4)]
-    model = walkthrough.fit_cost_model(rows, shape="s")
+    peer = dict(rows[0], impl="transformers_tp_plan", ms_median=99.0)  # not ours: must not enter the fit
+    model = walkthrough.fit_cost_model(rows + [peer], shape="s")
     assert (model.serial_ms, model.parallel_ms) == (pytest.approx(1.0), pytest.approx(4.0))
     p = model.predict(tp=4, busbw_gbps=100, alpha_us=20, spd_ratio=0.5)
     per_sync = 0.020 + 1.5 * 1024 * 2 / 100e6  # alpha + 2(N-1)/N bytes / busbw, in ms
@@ -126,6 +127,13 @@ def test_cost_model_fit_and_prediction():
         model.predict(1, 100, 20, 1.0)
     with pytest.raises(ValueError, match="2 or more TP degrees"):
         walkthrough.fit_cost_model(rows[:1], shape="s")
+
+
+def test_print_fits(capsys):
+    rows = [dict(kind="allreduce", tp=4, p2p=False, bytes=b, ms_median=0.020 + b * 1.5 / 25e6) for b in (8192, 1 << 20)]
+    walkthrough.print_fits(rows)
+    assert capsys.readouterr().out.strip() == ("TP 4, P2P off: alpha = 20.0 us, bus bandwidth = 25.00 GB/s "
+                                               "(2 message sizes)")
 
 
 def test_cost_figures_and_widget():
