@@ -165,7 +165,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m spd_ref eval", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2", help="'smollm2' (offline), a local folder, .gguf or hub id")
     p.add_argument("--plan", help="folder of an SPD plan (spd_ref.plan) to apply; sets tp and blocks")
-    p.add_argument("--tp", type=int, default=1, help="simulated tensor-parallel degree")
+    p.add_argument("--tp", type=int, default=None, help="simulated tensor-parallel degree (default 1, or the plan's)")
     p.add_argument("--spd-blocks", default="", help="comma-separated 0-based blocks to give SPD (zero-shot)")
     p.add_argument("--tasks", default="offline", help="'offline', 'paper', or comma-separated task names")
     p.add_argument("--limit", type=int, default=None, help="first N items of each task")
@@ -185,23 +185,26 @@ def prepare_model(args: argparse.Namespace):
     if args.plan and blocks:
         raise ValueError(f"--plan {args.plan} and --spd-blocks {args.spd_blocks} both choose SPD blocks. "
                          "Fix: give one of them.")
-    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype))
-    strategy = "zs" if blocks else "none"
     if args.plan:
         try:
             from .plan import apply_plan, load_plan
         except ImportError as err:
             raise RuntimeError(f"--plan needs spd_ref.plan, which this checkout lacks ({err}). "
                                "Fix: update spd_ref, or use --tp N --spd-blocks I,J,...") from err
-        plan = load_plan(args.plan)
-        model = apply_plan(model, plan) or model
-        strategy = str(getattr(plan, "strategy", None) or "plan")
-    elif args.tp > 1 or blocks:
-        apply_tp(model, args.tp, blocks)
+    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype))
+    if args.plan:
+        plan = load_plan(args.plan, model.config, tp_degree=args.tp)  # --tp, if given, must match
+        apply_plan(model, plan)
+        # e.g. "plan:hg+b2b/zs": the strategies of the blocks the plan puts SPD on
+        strategy = "plan:" + "/".join(sorted({b.strategy for b in plan.blocks if b.chosen}))
+    else:
+        strategy = "zs" if blocks else "none"
+        if (args.tp or 1) > 1 or blocks:
+            apply_tp(model, args.tp or 1, blocks)
     spd = spd_blocks_of(model)
-    meta = {"model": args.model, "tp": int(getattr(model, "tp_degree", args.tp)), "strategy": strategy,
-            "spd_ratio": len(spd) / len(decoder_layers(model)), "spd_blocks": spd, "plan": args.plan,
-            "dtype": args.dtype, "limit": args.limit}
+    meta = {"model": args.model, "tp": int(getattr(model, "tp_degree", None) or args.tp or 1),
+            "strategy": strategy, "spd_ratio": len(spd) / len(decoder_layers(model)), "spd_blocks": spd,
+            "plan": args.plan, "dtype": args.dtype, "limit": args.limit}
     return model, tokenizer, meta
 
 
@@ -211,7 +214,7 @@ def cli(argv: Sequence[str]) -> int:
         names = resolve_tasks(args.tasks)
         check_hub_for(names)  # fail before the model loads
         model, tokenizer, meta = prepare_model(args)
-    except (ValueError, RuntimeError, OSError) as err:
+    except (ValueError, RuntimeError, OSError) as err:  # bad arguments: say why, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     rows = evaluate_model(model, tokenizer, names, limit=args.limit, batch_size=args.batch_size)

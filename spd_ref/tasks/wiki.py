@@ -5,8 +5,8 @@
   OTHER held-out articles (4-way).
 - `spd_wikippl`: perplexity of held-out article chunks (loglikelihood_rolling).
 
-Only held-out articles are read, never the calibration articles, so no task item shares text with
-calibration data (the split is by article, spd_ref.data). Builders are deterministic: seeded
+Only held-out articles are read (the split is by article, spd_ref.data), and items that share a
+sentence with a calibration article (Wikipedia articles quote each other) are dropped. Builders are deterministic: seeded
 `random.Random` generators, and items interleaved over articles so that lm-eval's `--limit` (which
 keeps the first items) still spans every article.
 """
@@ -45,6 +45,27 @@ def _heldout() -> list[tuple[str, str]]:
     return heldout_articles()
 
 
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for line in text.split("\n") for s in _SENTENCE_END.split(line.strip()) if s.strip()]
+
+
+@lru_cache(maxsize=None)
+def _calibration_sentences(min_words: int = 6) -> frozenset[str]:
+    from spd_ref.data import article_split
+
+    return frozenset(s for _, text in article_split()[0] for s in _sentences(text) if len(s.split()) >= min_words)
+
+
+def shares_calibration_text(text: str, min_words: int = 6) -> bool:
+    """Whether `text` has a sentence of >= min_words words that is also in a calibration article.
+
+    The split is by article, but Wikipedia articles quote each other (a held-out "Art" shares
+    sentences with a calibration article), so items with such a sentence are dropped too.
+    """
+    calibration = _calibration_sentences(min_words)
+    return any(s in calibration for s in _sentences(text) if len(s.split()) >= min_words)
+
+
 def _ordered(groups: list[list[dict]], seed: int, n_items: int) -> tuple[dict, ...]:
     """Shuffle each article's items with its own generator, interleave articles, keep n_items."""
     for k, items in enumerate(groups):
@@ -64,6 +85,7 @@ def lambada_items(n_items: int = 200, seed: int = SEED, min_words: int = 40, max
     right after a word of >= 3 letters (the target), and (with `require_in_context`, as for most
     LAMBADA passages) the target also occurs earlier in the passage, so broad context, not only the
     last sentence, tells it. The final "." is dropped: LAMBADA passages end on the target word.
+    Passages that share a sentence with a calibration article are left out.
     """
     groups = []
     for title, text in _heldout():
@@ -80,6 +102,8 @@ def lambada_items(n_items: int = 200, seed: int = SEED, min_words: int = 40, max
                 if not _WORD.fullmatch(last):
                     continue
                 if require_in_context and not re.search(rf"\b{last}\b", context, flags=re.IGNORECASE):
+                    continue
+                if shares_calibration_text(passage):
                     continue
                 items.append({"title": title, "context": context, "target": " " + last})
         groups.append(items)
@@ -103,7 +127,8 @@ def hellaswag_items(n_items: int = 200, seed: int = SEED, context_sentences: int
     Distractors are 3 sentences (same length limits) from other held-out articles, drawn from the
     ones closest in length to the true ending (the 30 nearest word counts) so that length alone
     does not give the answer away; the gold position is drawn from the same generator. Each
-    paragraph gives at most one item.
+    paragraph gives at most one item. Items and distractors that share a sentence with a
+    calibration article are left out (`shares_calibration_text`).
     """
     def ending_ok(s: str) -> bool:
         return min_ending_words <= len(s.split()) <= max_ending_words
@@ -113,8 +138,9 @@ def hellaswag_items(n_items: int = 200, seed: int = SEED, context_sentences: int
     endings = []  # (article index, sentence): the distractor pool
     for a, (title, text) in enumerate(articles):
         for sentences in prose_paragraphs(text):
-            endings += [(a, s) for s in sentences if ending_ok(s)]
-            if len(sentences) > context_sentences and ending_ok(sentences[context_sentences]):
+            endings += [(a, s) for s in sentences if ending_ok(s) and not shares_calibration_text(s)]
+            if (len(sentences) > context_sentences and ending_ok(sentences[context_sentences])
+                    and not shares_calibration_text(" ".join(sentences[:context_sentences + 1]))):
                 candidates.append((a, title, " ".join(sentences[:context_sentences]),
                                    sentences[context_sentences]))
     groups: list[list[dict]] = [[] for _ in articles]
@@ -138,7 +164,8 @@ def hellaswag_dataset(n_items: int = 200, seed: int = SEED, **_metadata) -> data
 @lru_cache(maxsize=None)
 def wikippl_items(n_docs: int = 40, max_words: int = 200) -> tuple[dict, ...]:
     """Held-out articles cut at line breaks into chunks of at most `max_words` words (a longer single
-    line is its own chunk); chunks interleaved over articles, the first `n_docs` kept."""
+    line is its own chunk); chunks that share a sentence with a calibration article are left out;
+    chunks interleaved over articles, the first `n_docs` kept."""
     groups = []
     for title, text in _heldout():
         chunks, lines = [], []
@@ -148,7 +175,7 @@ def wikippl_items(n_docs: int = 40, max_words: int = 200) -> tuple[dict, ...]:
                 lines = []
             lines.append(line)
         chunks.append("\n".join(lines).strip())
-        groups.append([{"title": title, "text": c} for c in chunks if c])
+        groups.append([{"title": title, "text": c} for c in chunks if c and not shares_calibration_text(c)])
     return tuple(interleave(groups)[:n_docs])  # file order inside an article: a prefix reads on
 
 
