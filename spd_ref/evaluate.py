@@ -18,6 +18,7 @@ import os
 import platform
 import socket
 import sys
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 from urllib.parse import urlparse
@@ -38,16 +39,21 @@ def resolve_tasks(tasks: str | Sequence[str]) -> list[str]:
         raise ValueError(f"no task given ({tasks!r}). Fix: use 'offline', 'paper' or task names: "
                          f"{', '.join(OFFLINE_TASKS + PAPER_TASKS)}.")
     unknown = [n for n in names if n not in OFFLINE_TASKS + PAPER_TASKS]
-    if unknown:  # maybe another lm-eval task: look in lm-eval's own index (local, a few seconds)
-        from lm_eval.tasks import TaskManager
-
-        known = set(TaskManager(include_path=str(TASKS_DIR)).all_tasks)
-        unknown = [n for n in unknown if n not in known]
+    if unknown:  # maybe another lm-eval task: look in lm-eval's own index
+        unknown = [n for n in unknown if n not in lm_eval_task_names()]
     if unknown:
         raise ValueError(f"unknown task {unknown[0]!r} (in {tasks!r}). Valid: 'offline' = "
                          f"{','.join(OFFLINE_TASKS)}; 'paper' = {','.join(PAPER_TASKS)}; "
                          "or any lm-eval task name (python -m lm_eval ls tasks).")
     return names
+
+
+@lru_cache(maxsize=1)
+def lm_eval_task_names() -> frozenset[str]:
+    """Every task lm-eval has installed, plus ours (a local index: seconds to build, so kept)."""
+    from lm_eval.tasks import TaskManager
+
+    return frozenset(TaskManager(include_path=str(TASKS_DIR)).all_tasks)
 
 
 def hub_unreachable_reason() -> str | None:
