@@ -28,7 +28,7 @@ from .plan import (BlockRecord, Plan, block_prefix, config_signature, package_ve
 from .sensitivity import (STRATEGY, TAU1, TAU2, capture_block_inputs, choose_blocks, classify, perplexity,
                           sensitivity_scan)
 
-SAMPLES, SEQ_LEN = 16, 256  # [ours] CPU defaults: 4096 calibration tokens (the paper: 128 x 2048)
+SAMPLES, SEQ_LEN = 8, 256  # [ours] CPU defaults: 2048 calibration tokens (the paper: 128 x 2048)
 SCAN_BATCH = 4              # [ours] windows per forward pass in the scan
 
 
@@ -54,7 +54,8 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
     seq_len, seed, source)`. [ours] The scan measures perplexity on these calibration windows (held-out
     text stays for evaluation). The model is left as it was found (weights, TP state, SPD blocks).
     """
-    if tokens is None:
+    given = tokens is not None
+    if not given:
         from .data import calibration_tokens
         tokens = calibration_tokens(tokenizer, samples, seq_len, seed, source)
     was_tp = isinstance(decoder_layers(model)[0], SimulatedTPLayer)
@@ -92,7 +93,7 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
         else:
             remove_tp(model)
     settings = {"ratio": ratio, "samples": int(tokens.shape[0]), "seq_len": int(tokens.shape[1]), "seed": seed,
-                "source": source if samples is not None else "given", "tau1": tau1, "tau2": tau2, "lr": lr,
+                "source": "given" if given else source, "tau1": tau1, "tau2": tau2, "lr": lr,
                 "epochs": epochs, "b2b": b2b, "hg": hg, "b2b_batch_size": b2b_batch_size,
                 "weight_decay": weight_decay, "map_samples": map_samples, "scan_batch_size": batch_size,
                 "scan_text": "calibration", "suffix_ppl": scan.suffix_ppl}

@@ -83,7 +83,7 @@ def config_signature(config) -> dict[str, Any]:
 def weight_fingerprint(model: nn.Module) -> list[float]:
     """RMS and 16 evenly spaced entries of the input embedding (SPD plans never change it)."""
     w = model.get_input_embeddings().weight.detach().double().flatten()
-    picks = torch.linspace(0, w.numel() - 1, FINGERPRINT_ENTRIES).long()
+    picks = torch.arange(FINGERPRINT_ENTRIES) * (w.numel() - 1) // (FINGERPRINT_ENTRIES - 1)  # ints: exact
     return [w.pow(2).mean().sqrt().item()] + w[picks].tolist()
 
 

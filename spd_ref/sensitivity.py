@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .block import BlockMode
-from .hf import SimulatedTPLayer, decoder_layers, set_spd_blocks, spd_blocks_of
+from .hf import SimulatedTPLayer, decoder_layers, set_spd_blocks
 
 # Layer-call arguments that carry state between calls: the scan runs each block on whole windows.
 _DROPPED_KWARGS = ("cache", "past_key_values", "past_key_value", "use_cache", "cache_position")
@@ -93,6 +93,15 @@ def _check_tokens(tokens: torch.Tensor, batch_size: int) -> None:
         raise ValueError(f"batch_size={batch_size} must be >= 1 (windows per forward pass).")
 
 
+def _modes(model: nn.Module) -> list[BlockMode]:
+    return [layer.block_mode for layer in decoder_layers(model)]
+
+
+def _restore(model: nn.Module, modes: list[BlockMode]) -> None:
+    for layer, mode in zip(decoder_layers(model), modes):
+        layer.block_mode = mode
+
+
 def _require_tp(model: nn.Module) -> None:
     if not isinstance(decoder_layers(model)[0], SimulatedTPLayer):
         raise RuntimeError("this needs a model under simulated TP. Fix: spd_ref.hf.apply_tp(model, tp_degree) "
@@ -108,7 +117,7 @@ def capture_block_inputs(model: nn.Module, tokens: torch.Tensor, batch_size: int
     """
     _check_tokens(tokens, batch_size)
     _require_tp(model)
-    layers, was_spd = decoder_layers(model), spd_blocks_of(model)
+    layers, was = decoder_layers(model), _modes(model)
     tokens = tokens.to(_device(model))
     kwargs = layer_call_kwargs(model, tokens.shape[1])
     cache = BlockInputs(tokens, [], kwargs, batch_size)
@@ -117,20 +126,16 @@ def capture_block_inputs(model: nn.Module, tokens: torch.Tensor, batch_size: int
         h = model.get_input_embeddings()(tokens)
         cache.hidden.append(h)
         for layer in tqdm(layers, desc="capture block inputs", disable=not progress, leave=False):
-            h = torch.cat([layer(x, **cache.kwargs) for _, x in _split(h, cache.batch_size)])
+            h = torch.cat([layer(x, **cache.kwargs) for x in h.split(cache.batch_size)])
             cache.hidden.append(h)
     finally:
-        set_spd_blocks(model, was_spd)
+        _restore(model, was)
     return cache
-
-
-def _split(h: torch.Tensor, batch_size: int) -> list[tuple[int, torch.Tensor]]:
-    return [(i, h[i:i + batch_size]) for i in range(0, h.shape[0], batch_size)]
 
 
 def _head_nll(model: nn.Module, last_hidden: torch.Tensor, tokens: torch.Tensor) -> float:
     """Summed next-token negative log-likelihood from the last block's output (final norm + lm_head)."""
-    logits = model.lm_head(model.model.norm(last_hidden)).float()
+    logits = model.get_output_embeddings()(model.model.norm(last_hidden)).float()
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum").item()
 
 
@@ -157,7 +162,7 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, batch_size: int = 4, prog
     _check_tokens(tokens, batch_size)
     tokens = tokens.to(_device(model))
     nll = 0.0
-    for _, batch in tqdm(_split(tokens, batch_size), desc="perplexity", disable=not progress, leave=False):
+    for batch in tqdm(tokens.split(batch_size), desc="perplexity", disable=not progress, leave=False):
         logits = model(input_ids=batch, use_cache=False).logits.float()
         nll += F.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
     return math.exp(nll / tokens[:, 1:].numel())
@@ -190,7 +195,7 @@ def sensitivity_scan(model: nn.Module, cache: BlockInputs, mode: BlockMode = Blo
     unchanged. The model's SPD blocks are restored afterwards.
     """
     _require_tp(model)
-    layers, was_spd = decoder_layers(model), spd_blocks_of(model)
+    layers, was = decoder_layers(model), _modes(model)
     num = len(layers)
     if len(cache.hidden) != num + 1:
         raise ValueError(f"the cache holds {len(cache.hidden)} activations but the model has {num} blocks "
@@ -204,7 +209,7 @@ def sensitivity_scan(model: nn.Module, cache: BlockInputs, mode: BlockMode = Blo
             suffix[l] = suffix_perplexity(model, cache, l)
             bar.set_postfix(block=l, ppl=f"{suffix[l]:.3f}")
     finally:
-        set_spd_blocks(model, was_spd)
+        _restore(model, was)
     return SensitivityScan(suffix[num], suffix, [suffix[l] - suffix[l + 1] for l in range(num)])
 
 
