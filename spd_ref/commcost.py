@@ -19,6 +19,7 @@ To go beyond the measured TP degrees, **[ours]** a ring model shared by all N of
 (a ring all-reduce takes 2(N-1) steps, each moving bytes/N over one link). It extrapolates to N = 8;
 NCCL picks other algorithms (trees, LL protocols) for small messages, so treat it as a rough guide,
 and compare its residuals on the measured N (printed) before trusting it.
+`fit_ring_overhead` adds a fixed cost per call, t = c0 + ring (**[ours]**, used by spd_ref.predict).
 
 What SPD saves per token: removed sync points x t(bytes per sync), bytes = batch x hidden x 2 (bf16),
 so `predict_decode` gives baseline = floor + 2L t and SPD = floor + (2L - k) t from the measured
@@ -112,9 +113,23 @@ def fit_ring(points: Iterable[tuple[int, float, float]], p2p: Optional[bool] = N
     return float(step), (1 / inv_bw / 1e6 if inv_bw > 0 else math.inf)
 
 
-def ring_model(alpha_step_ms: float, busbw_gbps: float, tp: int, p2p: Optional[bool] = None) -> AlphaBeta:
-    """The ring model for `tp` ranks, as an AlphaBeta."""
-    return AlphaBeta(2 * (tp - 1) * alpha_step_ms, 2 * (tp - 1) / tp / (busbw_gbps * 1e6), tp, p2p)
+def fit_ring_overhead(points: Iterable[tuple[int, float, float]]) -> tuple[float, float, float]:
+    """[ours] (overhead_ms, alpha_step_ms, busbw_gbps) of t = c0 + 2(N-1) a + 2(N-1)/N bytes / busbw:
+    the ring model plus a fixed cost per call that does not grow with N (launch, synchronization;
+    NCCL's small-message latency grows far less than 2(N-1)-fold). Needs 2 or more TP degrees."""
+    pts = np.asarray(list(points), float)
+    if len(pts) == 0 or len(np.unique(pts[:, 0])) < 2:
+        raise ValueError("need all-reduce measurements at 2 or more TP degrees to fit the ring + overhead model")
+    n, b, t = pts[:, 0], pts[:, 1], pts[:, 2]
+    design = np.stack([np.ones_like(n), 2 * (n - 1), 2 * (n - 1) / n * b], 1)
+    c0, step, inv_bw = _nonneg_weighted_lstsq(design, t, 1 / t)
+    return float(c0), float(step), (1 / inv_bw / 1e6 if inv_bw > 0 else math.inf)
+
+
+def ring_model(alpha_step_ms: float, busbw_gbps: float, tp: int, p2p: Optional[bool] = None,
+               overhead_ms: float = 0.0) -> AlphaBeta:
+    """The ring model for `tp` ranks (plus a fixed `overhead_ms` per call), as an AlphaBeta."""
+    return AlphaBeta(overhead_ms + 2 * (tp - 1) * alpha_step_ms, 2 * (tp - 1) / tp / (busbw_gbps * 1e6), tp, p2p)
 
 
 def predict_decode(floor_ms: float, layers: int, spd_blocks: int, model: AlphaBeta, batch: int,

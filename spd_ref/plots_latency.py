@@ -6,6 +6,8 @@ Decode: one panel per (shape, batch); a solid line per (TP degree, P2P) from the
 to SPD on every block, the no-communication floor as a dashed line of the same colour, and the peer
 baseline (transformers tp_plan) as a marker at ratio 0. All-reduce: time per operation against
 message size (log-log) per (TP, P2P), with the fitted alpha-beta line from spd_ref.commcost.
+`plot_decode_grid`: one panel per (batch, shape) over several runs or predicted rows (a band over
+comm models for spd_ref.predict); used by spd_ref.latency_report and spd_ref.predict.
 """
 from __future__ import annotations
 
@@ -67,6 +69,62 @@ def plot_decode(rows: list[dict], path: Path) -> Optional[Path]:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _series_label(r: dict) -> tuple[str, str]:
+    """(label, colour key): the colour follows TP x P2P (x what-if bandwidth), not the note."""
+    label = _label(r["tp"], r["p2p"])
+    if r.get("what_if_busbw_gbps"):
+        label += f" at {r['what_if_busbw_gbps']:g} GB/s"
+    return label + (f" ({r['series_note']})" if r.get("series_note") else ""), label
+
+
+def plot_decode_grid(rows: list[dict], path, title: str, primary: Optional[str] = None) -> Optional[Path]:
+    """Decode ms/token against SPD ratio, one panel per (batch, shape), a line per TP x P2P (and
+    what-if bandwidth), its no-comm floor dashed (TP 1: the baseline). Rows with `comm_model`
+    (predictions): the line is `primary`, the shaded band spans every comm_model. None without rows."""
+    rows = [r for r in rows if r.get("kind") == "decode" and (r.get("impl") or "spd_ref") == "spd_ref"]
+    if not rows:
+        return None
+    shapes = sorted({r["shape"] for r in rows}, key=lambda s: (len(s), s))
+    batches = sorted({r["batch"] for r in rows})
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(batches), len(shapes), figsize=(4.8 * len(shapes), 3.9 * len(batches)),
+                             squeeze=False)
+    colors: dict[str, str] = {}
+    for (i, batch), (j, shape) in ((ib, js) for ib in enumerate(batches) for js in enumerate(shapes)):
+        ax, series = axes[i][j], defaultdict(lambda: {"pts": defaultdict(dict), "floor": {}})
+        for r in rows:
+            if (r["shape"], r["batch"]) != (shape, batch):
+                continue
+            s, model = series[_series_label(r)], r.get("comm_model")
+            if r.get("no_comm") or (r["tp"] == 1 and not r.get("spd_ratio")):
+                s["floor"][model] = r["ms_median"]
+            if not r.get("no_comm"):
+                s["pts"][r["spd_ratio"] or 0.0][model] = r["ms_median"]
+        for (label, ckey), s in sorted(series.items(), key=lambda kv: kv[0]):
+            color = colors.setdefault(ckey, f"C{len(colors)}")
+            xs = sorted(s["pts"])
+            line = [s["pts"][x].get(primary, next(iter(s["pts"][x].values()))) for x in xs]
+            ax.plot(xs, line, marker="o", ms=4, color=color, label=label,
+                    mfc="white" if label != ckey else color)  # hollow markers: noted series (pre-fusion)
+            if any(len(s["pts"][x]) > 1 for x in xs):
+                ax.fill_between(xs, [min(s["pts"][x].values()) for x in xs], [max(s["pts"][x].values()) for x in xs],
+                                color=color, alpha=0.15, lw=0)
+            if s["floor"]:
+                ax.axhline(s["floor"].get(primary, next(iter(s["floor"].values()))), color=color, ls="--", lw=1)
+        ax.set_title(f"{shape}, batch {batch}", fontsize=9)
+        ax.set_xlabel("SPD ratio (share of blocks with one sync point)", fontsize=8)
+        ax.set_ylabel("decode ms / token (median)", fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5, loc="lower left")
+    fig.suptitle(title + "\ndashed: no-communication floor" + ("; band: range over comm models" if primary else ""),
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
 
 
 def plot_allreduce(rows: list[dict], path: Path) -> Optional[Path]:
