@@ -20,13 +20,14 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .distill import BATCH_SIZE, EPOCHS, LR, WEIGHT_DECAY, distill_block, trained_copy
+from .block import BlockMode
+from .distill import BATCH_SIZE, EPOCHS, LR, WEIGHT_DECAY, block_mse, distill_block, trained_copy
 from .headgroup import MAP_SAMPLES, head_grouping
 from .hf import SimulatedTPLayer, apply_tp, decoder_layers, remove_tp, set_spd_blocks, spd_blocks_of
 from .plan import (BlockRecord, Plan, block_prefix, config_signature, package_versions, save_plan,
                    weight_fingerprint)
-from .sensitivity import (STRATEGY, TAU1, TAU2, capture_block_inputs, choose_blocks, classify, perplexity,
-                          sensitivity_scan)
+from .sensitivity import (STRATEGY, TAU1, TAU2, BlockInputs, capture_block_inputs, choose_blocks, classify,
+                          perplexity, sensitivity_scan)
 
 SAMPLES, SEQ_LEN = 8, 256  # [ours] CPU defaults: 2048 calibration tokens (the paper: 128 x 2048)
 SCAN_BATCH = 4              # [ours] windows per forward pass in the scan
@@ -75,15 +76,10 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
             records.append(record)
             if strategy == "zs":
                 continue
-            layer = trained_copy(layers[l])
-            if strategy.startswith("hg"):
-                record.hg = head_grouping(layer, cache.hidden[l], cache.kwargs, map_samples).as_dict()
-            if strategy.endswith("b2b"):
-                record.b2b = distill_block(layer, cache.hidden[l], cache.hidden[l + 1], cache.kwargs, lr=lr,
-                                           epochs=epochs, batch_size=b2b_batch_size, weight_decay=weight_decay,
-                                           seed=seed, progress=progress, desc=f"B2B block {l}").as_dict()
-            prefix = block_prefix(model, l)
-            weights.update({prefix + name: p.detach().clone() for name, p in layer.named_parameters()})
+            block_weights, record.hg, record.b2b = recover_block(
+                model, cache, l, strategy, lr=lr, epochs=epochs, b2b_batch_size=b2b_batch_size,
+                weight_decay=weight_decay, map_samples=map_samples, seed=seed, progress=progress)
+            weights.update(block_weights)
         for l in sorted(set(range(len(layers))) - set(chosen)):
             records.append(BlockRecord(l, scan.scores[l], scan.relative[l], classes[l].value,
                                        _strategy(classes[l], b2b, hg), False))
@@ -100,6 +96,32 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
     return Plan(model_id or getattr(model.config, "_name_or_path", "") or "unknown", tp_degree, len(layers),
                 config_signature(model.config), weight_fingerprint(model), scan.base_ppl, chosen,
                 sorted(records, key=lambda r: r.block), settings, package_versions(), weights)
+
+
+def recover_block(model: nn.Module, cache: BlockInputs, block: int, strategy: str, *, lr: float = LR,
+                  epochs: int = EPOCHS, b2b_batch_size: int = BATCH_SIZE, weight_decay: float = WEIGHT_DECAY,
+                  map_samples: int = MAP_SAMPLES, seed: int = 0,
+                  progress: bool = True) -> tuple[dict[str, torch.Tensor], Optional[dict], Optional[dict]]:
+    """Recover one SPD block ("b2b", "hg" or "hg+b2b") on a copy of the model's block.
+
+    Returns the copy's weights under the model's state-dict names, and the HG and B2B records (None
+    where not run); the HG record includes the block's MSE before and after HG (zero-shot SPD).
+    `cache` is the TP model's BlockInputs (sensitivity.capture_block_inputs).
+    """
+    layer, hg, b2b = trained_copy(decoder_layers(model)[block]), None, None
+    inputs, targets = cache.hidden[block], cache.hidden[block + 1]
+    if strategy.startswith("hg"):
+        layer.block_mode = BlockMode.SPD  # errors before and after HG show what HG alone changes
+        zero_shot = block_mse(layer, inputs, targets, cache.kwargs, cache.batch_size)
+        hg = head_grouping(layer, inputs, cache.kwargs, map_samples).as_dict()
+        hg["mse_zero_shot"] = zero_shot
+        hg["mse_after_hg"] = block_mse(layer, inputs, targets, cache.kwargs, cache.batch_size)
+    if strategy.endswith("b2b"):
+        b2b = distill_block(layer, inputs, targets, cache.kwargs, lr=lr, epochs=epochs, batch_size=b2b_batch_size,
+                            weight_decay=weight_decay, seed=seed, progress=progress,
+                            desc=f"B2B block {block}").as_dict()
+    prefix = block_prefix(model, block)
+    return {prefix + name: p.detach().clone() for name, p in layer.named_parameters()}, hg, b2b
 
 
 def _parser() -> argparse.ArgumentParser:

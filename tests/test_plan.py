@@ -44,6 +44,8 @@ def test_calibrate_leaves_model_and_records_everything(made):
         assert r.strategy == "hg+b2b" and r.block_class == "extremely sensitive"
         if r.chosen:
             assert len(r.b2b["loss_curve"]) == 2 and r.hg["head_perm"] is not None
+            assert r.hg["mse_after_hg"] == pytest.approx(r.b2b["mse_before"], rel=1e-5)
+            assert r.hg["mse_zero_shot"] > 0
             assert 0 <= r.b2b["mse_after"] < 1e-3  # B2B's effect is tested on SmolLM2 (test_distill)
     # Only the chosen blocks' weights are in the plan, under transformers' names.
     assert {k.split(".")[2] for k in plan.weights} == {str(b) for b in plan.spd_blocks}
