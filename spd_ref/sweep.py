@@ -9,7 +9,7 @@ Strategies, each at ratios 0, 1/steps, ..., 1:
   hg      as b2b, but extremely sensitive blocks get head grouping before B2B (the full method).
 One calibration (scan, classes) per TP degree; each block is recovered at most once per recovery kind
 and reused at every ratio; a configuration already scored (same blocks, same weights) is not
-scored again. Rows go to OUT/sweep.jsonl; OUT/sweep.png plots average accuracy and perplexity.
+scored again. Rows go to OUT/sweep_tpN.jsonl; OUT/sweep.png plots average accuracy and perplexity.
 """
 from __future__ import annotations
 
@@ -88,6 +88,12 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
     return rows
 
 
+def load_rows(folder: str | Path) -> list[dict]:
+    """Every row of every sweep_tp*.jsonl in `folder`."""
+    return [json.loads(line) for path in sorted(Path(folder).glob("sweep_tp*.jsonl"))
+            for line in path.read_text().splitlines() if line.strip()]
+
+
 def average_accuracy(rows: list[dict]) -> dict[tuple, float]:
     """Mean accuracy over the accuracy tasks, per (tp, strategy, ratio)."""
     acc: dict[tuple, list[float]] = {}
@@ -130,11 +136,12 @@ def cli(argv: list[str]) -> int:
     ratios = [i / args.steps for i in range(args.steps + 1)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
     for tp in (int(t) for t in args.tp.split(",")):
-        rows += sweep_tp(model, tokenizer, tp, ratios, args.tasks, args.limit, args.samples, args.seq_len, args.seed)
-        with open(out / "sweep.jsonl", "w") as f:  # rewritten after each TP degree: progress survives
+        rows = sweep_tp(model, tokenizer, tp, ratios, args.tasks, args.limit, args.samples, args.seq_len, args.seed)
+        # One file per TP degree: degrees can run as separate processes (one core each) and progress survives.
+        with open(out / f"sweep_tp{tp}.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
+    rows = load_rows(out)
     plot_sweep(rows, out / "sweep.png")
     for (tp, strategy), ratio in sorted(largest_ratio_within(rows).items()):
         print(f"TP {tp} {strategy:<6}: largest ratio with average accuracy drop <= 1 point: {ratio:.2f}")
