@@ -61,11 +61,13 @@ def hub_unreachable_reason() -> str | None:
     for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
         if os.environ.get(var, "").strip().lower() in _TRUE:
             return f"{var}={os.environ[var]} is set"
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))  # a mirror, if set
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
-        socket.create_connection((host, 443), timeout=3).close()
+        socket.create_connection((host, port), timeout=3).close()
     except OSError as err:
-        return f"{host}:443 cannot be reached ({err})"
+        return f"{host}:{port} cannot be reached ({err})"
     return None
 
 
