@@ -24,6 +24,7 @@ from typing import Iterable, Sequence
 from urllib.parse import urlparse
 
 from .tasks import CHANCE, OFFLINE_TASKS, PAPER_TASKS, TASKS_DIR
+from .tp import in_torchrun
 
 SUITES = {"offline": OFFLINE_TASKS, "paper": PAPER_TASKS}
 _TRUE = {"1", "on", "yes", "true"}
@@ -92,15 +93,22 @@ def evaluate_model(model, tokenizer, tasks: str | Sequence[str] = "offline", lim
     higher_is_better, chance (offline accuracy tasks). `limit` keeps the first `limit` items of each
     task (the offline tasks order items so that any prefix stays balanced).
     """
-    import lm_eval
     from lm_eval.models.huggingface import HFLM
+
+    names = resolve_tasks(tasks)
+    check_hub_for(names)  # before HFLM wraps the model: a missing hub stops before lm-eval starts
+    return evaluate_lm(HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size), names, limit)
+
+
+def evaluate_lm(lm, tasks: str | Sequence[str] = "offline", limit: int | None = None) -> list[dict]:
+    """Score any lm-eval LM (HFLM, or spd_ref.lm_runtime.RuntimeHFLM under torchrun) on the tasks."""
+    import lm_eval
     from lm_eval.tasks import TaskManager
 
     names = resolve_tasks(tasks)
     check_hub_for(names)
     offline_only = all(n in OFFLINE_TASKS for n in names)
     task_manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=not offline_only)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     out = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=task_manager, limit=limit,
                                   bootstrap_iters=0, log_samples=False)
     return [] if out is None else rows_from_results(out)
@@ -221,11 +229,18 @@ def cli(argv: Sequence[str]) -> int:
     try:
         names = resolve_tasks(args.tasks)
         check_hub_for(names)  # fail before the model loads
-        model, tokenizer, meta = prepare_model(args)
+        if in_torchrun():  # real TP: every rank scores its shard in lockstep; rank 0 reports
+            from .lm_runtime import evaluate_runtime
+
+            rows, meta = evaluate_runtime(args, names)
+            if meta is None:
+                return 0
+        else:
+            model, tokenizer, meta = prepare_model(args)
+            rows = evaluate_model(model, tokenizer, names, limit=args.limit, batch_size=args.batch_size)
     except (ValueError, RuntimeError, OSError) as err:  # bad arguments: say why, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
-    rows = evaluate_model(model, tokenizer, names, limit=args.limit, batch_size=args.batch_size)
     print(f"\nmodel {meta['model']}  tp {meta['tp']}  strategy {meta['strategy']}  "
           f"spd_ratio {meta['spd_ratio']:.2f}  blocks {meta['spd_blocks']}")
     print(format_table(rows))

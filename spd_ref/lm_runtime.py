@@ -8,6 +8,8 @@ lm-eval treats each rank as a single process (rank 0 of 1): the model is split, 
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from lm_eval.models.huggingface import HFLM
 
@@ -30,3 +32,36 @@ class RuntimeHFLM(HFLM):
     def _model_generate(self, *args, **kwargs):
         raise NotImplementedError("generation tasks are not wired to the TP runtime; score them with the "
                                   "simulated model (python -m spd_ref eval without torchrun)")
+
+
+def evaluate_runtime(args, tasks: list[str]) -> tuple[list[dict], Optional[dict]]:
+    """`python -m spd_ref eval` under torchrun: (rows, metadata) on rank 0, ([], None) elsewhere.
+
+    Each process loads the checkpoint, keeps its shard (with the plan's weights, if any) and joins
+    the process group; the TP degree is the number of processes.
+    """
+    from .evaluate import evaluate_lm
+    from .generate import parse_blocks
+    from .hf import load_model
+    from .tp import init_distributed, shutdown
+
+    ctx = init_distributed()
+    try:
+        dtype = getattr(torch, args.dtype)
+        hf_model, tokenizer = load_model(args.model, dtype=dtype)
+        blocks, overrides, strategy = parse_blocks(args.spd_blocks), None, "zs" if args.spd_blocks else "none"
+        if args.plan:
+            from .plan import load_plan
+
+            plan = load_plan(args.plan, hf_model.config, tp_degree=ctx.world_size)
+            blocks, overrides = plan.spd_blocks, plan.weights
+            strategy = "plan:" + "/".join(sorted({b.strategy for b in plan.blocks if b.chosen}))
+        runtime = TPTransformer.from_hf(hf_model.config, hf_model.state_dict(), ctx, dtype, overrides)
+        runtime.set_spd_blocks(blocks)
+        rows = evaluate_lm(RuntimeHFLM(runtime, hf_model, tokenizer, args.batch_size), tasks, args.limit)
+        meta = {"model": args.model, "tp": ctx.world_size, "strategy": strategy, "runtime": "torchrun",
+                "spd_ratio": len(blocks) / hf_model.config.num_hidden_layers, "spd_blocks": sorted(blocks),
+                "plan": args.plan, "dtype": args.dtype, "limit": args.limit}
+        return (rows, meta) if ctx.is_main else ([], None)
+    finally:
+        shutdown(ctx)
