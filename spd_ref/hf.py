@@ -52,6 +52,20 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32):
     return model, tok
 
 
+def random_model(config, seed: int = 0) -> nn.Module:
+    """A LlamaForCausalLM-like model of `config` with random weights, biases and norms perturbed too,
+    so that every term of the block equations is exercised (tests, notebooks)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
 def _looks_like_path(name: str) -> bool:
     # Hub ids look like "org/name"; anything that exists, is absolute or relative, or nests deeper is a path.
     return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1

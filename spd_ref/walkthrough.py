@@ -18,7 +18,7 @@ import torch
 
 from .block import BlockMode, MlpShards, block_residual
 from .commcost import BF16_BYTES, AlphaBeta, fit_rows, load_rows, predict_decode, print_table, saving_table
-from .hf import RankPartialsOProj, SimulatedTPLayer, apply_tp, decoder_layers, remove_tp
+from .hf import RankPartialsOProj, SimulatedTPLayer, apply_tp, decoder_layers, random_model, remove_tp
 from .launch import launch
 from .partition import Partition, partition_for_config
 
@@ -222,18 +222,12 @@ def cost_explorer(model: DecodeCostModel, alpha_us: float):
 def random_llama(bias: bool = False, seed: int = 0, layers: int = 2, heads: int = 4, hidden: int = 64):
     """A small multi-head LlamaForCausalLM with random weights; biases and norms perturbed so every
     term of the block equations is exercised."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     config = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=heads, head_dim=hidden // heads,
                          vocab_size=256, attention_bias=bias, mlp_bias=bias, max_position_embeddings=256)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
+    return random_model(config, seed)
 
 
 @dataclass

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+from spd_ref.hf import random_model  # noqa: F401 (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -26,19 +27,6 @@ def tiny_config(heads: int = 4, kv_heads: int = 4, bias: bool = False, layers: i
                        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads,
                        vocab_size=vocab, attention_bias=bias, mlp_bias=bias, max_position_embeddings=256,
                        rope_theta=10000.0, tie_word_embeddings=False)
-
-
-def random_model(config, seed: int = 0):
-    """A LlamaForCausalLM with random weights, biases and norms included (so they are all exercised)."""
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
 
 
 @pytest.fixture(scope="session")
