@@ -5,6 +5,7 @@
 #   bash scripts/gpu_sweep.sh b      # TP 2 (P2P on, off) for 7B, 13B; peer: transformers tp_plan, TP 4, 7B
 #   bash scripts/gpu_sweep.sh c      # 7B again at TP 4 (P2P on, off) and TP 1, then TP 2 (on, off) for 7B, 13B
 #   bash scripts/gpu_sweep.sh peer   # 7B TP 4 ours beside transformers tp_plan, same machine and call
+#   bash scripts/gpu_sweep.sh tune   # 7B TP 4 and 1: torch.compile default against max-autotune
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -116,6 +117,16 @@ case "$PHASE" in
     step peer-tp4 240 --nproc 4 --p2p on --module spd_ref.peer --shape llama2-7b --checkpoint "$PEER_DIR" \
       --batch 1,16 --ctx 512 --compile try --compile-batches 1 --repeats 50 --warmup 5 \
       --out "$JSONL" --tag "sweep-$PHASE"
+    ;;
+  tune)
+    # One experiment: inductor's max-autotune (Triton GEMM templates, fused epilogues) against the
+    # default compile, 7B at TP 4 and TP 1, batch 1, in one call on one machine.
+    T=(bench --ctx 512 --batch 1 --prompt-lens 128 --spd-ratios 0,1 --prefill-ratios 0 --no-comm
+       --repeats 100 --warmup 10 --prefill-repeats 2 --shape llama2-7b --out "$JSONL")
+    step tp4-default 120 --nproc 4 --p2p on "${T[@]}" --tag tune-default
+    step tp4-autotune 220 --nproc 4 --p2p on "${T[@]}" --compile-mode max-autotune-no-cudagraphs --tag tune-max-autotune
+    step tp1-default 80 --nproc 1 "${T[@]}" --tag tune-default
+    step tp1-autotune 160 --nproc 1 "${T[@]}" --compile-mode max-autotune-no-cudagraphs --tag tune-max-autotune
     ;;
   smoke)
     # 2-layer models: every code path (compiled + graphs, eager + graphs, GQA, P2P off, the peer) and

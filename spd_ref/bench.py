@@ -335,7 +335,7 @@ def bench_model(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> 
                 del replay, graph, out
     compiled = args.compile == "on" or (args.compile == "auto" and dev.type == "cuda")
     if compiled:
-        model.compile_blocks()
+        model.compile_blocks(**({"mode": args.compile_mode} if args.compile_mode != "default" else {}))
     for batch in args.batch:
         model.setup_cache(batch, args.ctx + 1)
         # Random keys and values stand for a prefill of ctx tokens (same cost, no prefill compile).
@@ -398,6 +398,8 @@ def parser() -> argparse.ArgumentParser:
     a("--no-comm", action="store_true", help="also measure the floor: every all-reduce removed")
     a("--compile", choices=("auto", "on", "off"), default="auto",
       help="torch.compile the decode blocks: auto = on GPUs only (CPU compiles are for tests)")
+    a("--compile-mode", default="default", choices=("default", "max-autotune-no-cudagraphs"),
+      help="torch.compile mode of the decode blocks (graphs are ours either way)")
     a("--eager", dest="compile", action="store_const", const="off",
       help="same as --compile off (CUDA graphs are still captured on GPUs)")
     a("--repeats", type=int, default=100, help="timed decode steps per variant")
