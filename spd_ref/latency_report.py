@@ -38,11 +38,16 @@ def _setting(r: dict) -> tuple:
             r.get("batch"), r.get("ctx"), r.get("prompt_len"), r.get("compiled"))
 
 
+EXPERIMENT_TAGS = ("tune-",)  # compile-mode experiments (gpu_sweep.sh tune): reported apart, not in the table
+
+
 def current_rows(rows: Iterable[dict]) -> list[dict]:
     """All all-reduce rows, and per decode/prefill setting the rows of one run (most rows, then latest)."""
     runs: dict[tuple, dict[tuple, list]] = defaultdict(lambda: defaultdict(list))
     out = []
     for r in rows:
+        if (r.get("tag") or "").startswith(EXPERIMENT_TAGS):
+            continue
         if r.get("kind") == "allreduce":
             out.append(r)
         else:
