@@ -14,6 +14,7 @@ How it times (DESIGN.md, performance protocol):
   the graph). Prefill runs the eager blocks in a graph (compiling every prompt length would cost
   more device time than it saves on long prompts), so prefill rows say compiled=false.
 - CPU (gloo): eager, time.perf_counter. These numbers only exercise the code path (tests).
+- Timing helpers live in spd_ref.timing, the row schema and writer in spd_ref.results_schema.
 - Decode is one token at position --ctx over a cache whose first --ctx positions hold random keys
   and values (the cost of a filled cache without compiling a prefill of that length), a cache of
   exactly ctx + 1 positions (the attention reads ctx + 1 keys).
@@ -33,11 +34,7 @@ Every process ends itself: after NCCL work was captured in a CUDA graph,
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
-import os
-import statistics
 import sys
 import time
 import traceback
@@ -46,6 +43,9 @@ from typing import Callable, Iterable, Optional
 
 import torch
 import torch.distributed as dist
+
+from .results_schema import ROW_FIELDS, RowWriter, make_row, run_metadata  # noqa: F401 (re-exported)
+from .timing import finish_process, graphed, ranks_agree, summarize, time_calls  # noqa: F401 (re-exported)
 
 # LLaMA2 shapes (the public configs); "tiny" is for CPU tests: heads divide by 1, 2, 4.
 SHAPES: dict[str, dict] = {
@@ -112,142 +112,6 @@ def parse_list(text: str, kind: Callable = float) -> list:
         mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(item[-1:].upper(), 1)
         out.append(kind(item[:-1]) * mult if mult > 1 else kind(item))
     return out
-
-
-# ---- metadata and output --------------------------------------------------------------------------
-def run_metadata(ctx, dtype: torch.dtype) -> dict:
-    """The fields every row carries: machine, software, interconnect setting."""
-    cuda = ctx.device.type == "cuda"
-    nccl = None
-    if cuda:
-        v = torch.cuda.nccl.version()
-        nccl = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
-    return {"tp": ctx.world_size, "p2p": os.environ.get("NCCL_P2P_DISABLE", "0") != "1",
-            "gpu": torch.cuda.get_device_name(ctx.device) if cuda else "cpu",
-            "gpu_count": ctx.world_size if cuda else 0, "torch": torch.__version__, "nccl": nccl,
-            "cuda": torch.version.cuda if cuda else None,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "dtype": str(dtype).replace("torch.", "")}
-
-
-ROW_FIELDS = ("kind", "impl", "shape", "layers", "hidden", "tp", "p2p", "batch", "ctx", "prompt_len",
-              "spd_ratio", "no_comm", "spd_blocks", "sync_points_per_token", "sync_bytes", "bytes",
-              "compiled", "cuda_graph", "ms_median", "ms_p90", "repeats", "busbw_gbps", "ranks_agree",
-              "compile_s", "gpu", "gpu_count", "torch", "nccl", "cuda", "date", "dtype", "tag")
-
-
-def make_row(meta: dict, **fields) -> dict:
-    """A result row with every schema field present (None where it does not apply)."""
-    unknown = set(fields) - set(ROW_FIELDS)
-    if unknown:
-        raise KeyError(f"fields {sorted(unknown)} are not in the schema (ROW_FIELDS)")
-    row = dict.fromkeys(ROW_FIELDS)
-    row.update(meta)
-    row.update(fields)
-    return row
-
-
-class RowWriter:
-    """Rank 0 appends each row to the JSONL file at once, so a killed run keeps what it measured."""
-
-    def __init__(self, path: Optional[str], active: bool):
-        self.rows: list[dict] = []
-        self.path, self.active = path, active
-        if active and path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-
-    def add(self, row: dict) -> None:
-        self.rows.append(row)
-        if self.active:
-            print(f"  {_row_line(row)}", flush=True)
-            if self.path:
-                with open(self.path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-
-
-def _row_line(r: dict) -> str:
-    if r["kind"] == "allreduce":
-        return f"allreduce tp={r['tp']} p2p={r['p2p']} {r['bytes']:>9d} B  {r['ms_median'] * 1e3:8.1f} us"
-    what = "floor" if r["no_comm"] else f"spd={r['spd_ratio']:.2f}"
-    size = f"prompt={r['prompt_len']}" if r["kind"] == "prefill" else f"ctx={r['ctx']}"
-    return (f"{r['kind']:<7} {r['shape']} tp={r['tp']} p2p={r['p2p']} b={r['batch']} {size} {what:<9} "
-            f"syncs={r['sync_points_per_token']:<3} {r['ms_median']:.3f} ms (p90 {r['ms_p90']:.3f})")
-
-
-# ---- timing ---------------------------------------------------------------------------------------
-def summarize(times_ms: list[float]) -> tuple[float, float]:
-    """(median, p90) of a list of times."""
-    ordered = sorted(times_ms)
-    p90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
-    return statistics.median(ordered), p90
-
-
-def time_calls(run: Callable[[], None], device: torch.device, warmup: int, repeats: int,
-               before: Optional[Callable[[], None]] = None) -> list[float]:
-    """Milliseconds of each of `repeats` calls of `run` after `warmup` untimed ones.
-
-    CUDA: events recorded around each call on the current stream (`before` runs outside them).
-    CPU: perf_counter around each call.
-    """
-    for _ in range(warmup):
-        if before:
-            before()
-        run()
-    if device.type == "cuda":
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
-        for s, e in zip(starts, ends):
-            if before:
-                before()
-            s.record()
-            run()
-            e.record()
-        torch.cuda.synchronize()
-        return [s.elapsed_time(e) for s, e in zip(starts, ends)]
-    times = []
-    for _ in range(repeats):
-        if before:
-            before()
-        t0 = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
-def graphed(fn: Callable[[], object], device: torch.device, warmup: int = 3) -> tuple[Callable[[], None], float, object]:
-    """(replay, seconds of warm-up, the graph) for `fn`: warm-up calls on a side stream (this is
-    where torch.compile compiles), then one capture in a CUDA graph. On CPU: (fn, warm-up s, None)."""
-    t0 = time.perf_counter()
-    if device.type != "cuda":
-        for _ in range(warmup):
-            fn()
-        return fn, time.perf_counter() - t0, None
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    warm_s = time.perf_counter() - t0
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    torch.cuda.synchronize()
-    return graph.replay, warm_s, graph
-
-
-def ranks_agree(ctx, tensor: torch.Tensor, rtol: float = 1e-3) -> Optional[bool]:
-    """Whether every rank holds the same tensor (TP replicates the block outputs and logits),
-    compared through (sum, sum of squares). None with one rank."""
-    if ctx.world_size == 1:
-        return None
-    t = tensor.float()
-    stats = torch.stack([t.sum(), t.pow(2).sum()])
-    hi, lo = stats.clone(), -stats.clone()
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX, group=ctx.group)
-    dist.all_reduce(lo, op=dist.ReduceOp.MAX, group=ctx.group)
-    return bool(((hi + lo).abs() <= rtol * hi.abs().clamp_min(1e-6)).all())
 
 
 # ---- the all-reduce microbenchmark -------------------------------------------------------------------
@@ -439,29 +303,6 @@ def run(args) -> list[dict]:
         if ctx.is_main:
             print(f"bench: {label} done in {time.perf_counter() - t0:.0f} s", flush=True)
     return writer.rows
-
-
-def finish_process(code: int) -> None:
-    """End this process now. Under torchrun: barrier so no rank leaves early, flush, os._exit:
-    destroy_process_group() can hang after NCCL work was captured in a CUDA graph."""
-    from .tp import in_torchrun
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if not in_torchrun():
-        return
-    if code == 0 and dist.is_initialized():
-        try:
-            if torch.cuda.is_available() and dist.get_backend() == "nccl":
-                dist.barrier(device_ids=[torch.cuda.current_device()])
-                torch.cuda.synchronize()
-            else:
-                dist.barrier()
-        except Exception:  # a barrier that fails must not turn success into a hang
-            code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def cli(argv: Optional[list[str]] = None) -> int:
