@@ -329,7 +329,7 @@ def explorer(point: Callable[..., dict]):
     return widgets.interactive(
         show, ratio=widgets.FloatSlider(value=0.5, min=0, max=1, step=0.05, description="SPD ratio"),
         tp=widgets.IntSlider(value=4, min=2, max=8, description="TP degree"),
-        busbw_gbps=widgets.FloatLogSlider(value=300, base=10, min=0, max=3, description="bus GB/s"))
+        busbw_gbps=widgets.FloatLogSlider(value=300, base=10, min=0, max=3, step=0.001, description="bus GB/s"))
 
 
 def plot_operating(point: Callable[..., dict]):
