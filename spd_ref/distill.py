@@ -79,6 +79,9 @@ def distill_block(layer: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)  # [ours] every weight of the block, norms included
+    # Training needs autograd even when the caller runs under no_grad (a notebook, an eval loop).
+    grad_was = torch.is_grad_enabled()
+    torch.set_grad_enabled(True)
     try:
         before = block_mse(layer, inputs, targets, kwargs)
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -101,6 +104,7 @@ def distill_block(layer: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
         bar.close()
         after = block_mse(layer, inputs, targets, kwargs)
     finally:
+        torch.set_grad_enabled(grad_was)
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
         layer.block_mode = was_mode

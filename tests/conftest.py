@@ -53,3 +53,14 @@ def torchrun(nproc: int, args: list[str], timeout: float = 300) -> subprocess.Co
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
+
+
+@pytest.fixture(autouse=True)
+def _no_global_state_leaks():
+    """A test must not leave autograd switched off for the tests after it (B2B trains)."""
+    import torch
+
+    yield
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("this test left torch's grad mode disabled")

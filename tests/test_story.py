@@ -14,7 +14,6 @@ from spd_ref.latency_report import current_rows
 from spd_ref.plan import load_plan, save_plan
 from spd_ref.sensitivity import BlockClass, capture_block_inputs, classify, perplexity, sensitivity_scan
 
-torch.set_grad_enabled(False)
 PNG = b"\x89PNG"
 
 
