@@ -20,6 +20,7 @@ from .hf import decoder_layers, set_spd_blocks, spd_blocks_of
 from .latency_report import measured_table
 from .partition import Partition
 from .plan import BlockRecord, Plan, config_signature, package_versions, weight_fingerprint
+from .predict import PRIMARY
 from .sensitivity import (STRATEGY, BlockClass, BlockInputs, SensitivityScan, baseline_blocks, choose_blocks,
                           suffix_perplexity)
 from .walkthrough import DecodeCostModel, _figure, as_image
@@ -75,13 +76,10 @@ def plot_sensitivity(scan: SensitivityScan, classes: Sequence[BlockClass], tau1:
 
 def class_summary(scan: SensitivityScan, classes: Sequence[BlockClass]) -> list[dict]:
     """Per class: its strategy, how many blocks, which, and the range of their relative scores."""
-    out = []
-    for c in BlockClass:
-        held = [l for l, k in enumerate(classes) if k is c]
-        rel = [scan.relative[l] for l in held]
-        out.append(dict(block_class=c.value, strategy=STRATEGY[c], count=len(held), blocks=block_ranges(held),
-                        min_rel=min(rel) if rel else None, max_rel=max(rel) if rel else None))
-    return out
+    held = {c: [l for l, k in enumerate(classes) if k is c] for c in BlockClass}
+    return [dict(block_class=c.value, strategy=STRATEGY[c], count=len(ls), blocks=block_ranges(ls),
+                 min_rel=min((scan.relative[l] for l in ls), default=None),
+                 max_rel=max((scan.relative[l] for l in ls), default=None)) for c, ls in held.items()]
 
 
 def selection_blocks(kind: str, scores: Sequence[float], ratio: float, seed: int = 0) -> list[int]:
@@ -300,11 +298,10 @@ def operating_point(cost: DecodeCostModel, alpha_us: float, latency_rows: list[d
         with contextlib.suppress(ValueError):
             out.update(recorded_saving=latency_saving(latency_rows, ratio, tp=tp, p2p=p2p),
                        recorded_source=f"measured TP {tp} P2P {'on' if p2p else 'off'}")
-    pred = {r["spd_ratio"]: r["ms_median"] for r in predictions if (r["shape"], r["batch"], r["tp"], r["p2p"]) ==
-            ("llama2-7b", 1, tp, p2p) and r.get("comm_model") == "ring+overhead" and not r.get("what_if_busbw_gbps")}
+    pred = sorted((r["spd_ratio"], r["ms_median"]) for r in predictions if (r["shape"], r["batch"], r["tp"], r["p2p"])
+                  == ("llama2-7b", 1, tp, p2p) and r.get("comm_model") == PRIMARY and not r.get("what_if_busbw_gbps"))
     if pred:
-        xs = sorted(pred)
-        out.update(recorded_saving=1 - float(np.interp(ratio, xs, [pred[x] for x in xs])) / pred[0.0],
+        out.update(recorded_saving=1 - float(np.interp(ratio, *zip(*pred))) / pred[0][1],
                    recorded_source=f"PREDICTION TP {tp} P2P {'on' if p2p else 'off'}")
     avg = {r: a for (t, s, r), a in average_accuracy(sweep_rows).items() if (t, s) == (4, "hg")}
     if avg:
@@ -323,11 +320,9 @@ def explorer(point: Callable[..., dict]):
 
     from .commcost import print_table
 
-    def show(ratio: float, tp: int, busbw_gbps: float) -> None:
-        print_table([point(tp=tp, busbw_gbps=busbw_gbps, ratio=ratio)], OPERATING_COLUMNS)
-
     return widgets.interactive(
-        show, ratio=widgets.FloatSlider(value=0.5, min=0, max=1, step=0.05, description="SPD ratio"),
+        lambda ratio, tp, busbw_gbps: print_table([point(tp=tp, busbw_gbps=busbw_gbps, ratio=ratio)], OPERATING_COLUMNS),
+        ratio=widgets.FloatSlider(value=0.5, min=0, max=1, step=0.05, description="SPD ratio"),
         tp=widgets.IntSlider(value=4, min=2, max=8, description="TP degree"),
         busbw_gbps=widgets.FloatLogSlider(value=300, base=10, min=0, max=3, step=0.001, description="bus GB/s"))
 
