@@ -8,7 +8,7 @@ import contextlib
 import itertools
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,10 @@ from .predict import PRIMARY
 from .sensitivity import (STRATEGY, BlockClass, BlockInputs, SensitivityScan, baseline_blocks, choose_blocks,
                           suffix_perplexity)
 from .walkthrough import DecodeCostModel, _figure, as_image
+
+if TYPE_CHECKING:
+    from IPython.display import Image
+    from ipywidgets import interactive
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 CLASS_COLORS = {BlockClass.INSENSITIVE: "C2", BlockClass.SENSITIVE: "C1", BlockClass.EXTREME: "C3"}
@@ -45,7 +49,7 @@ def _plain_log_ticks(ax) -> None:
 
 
 # ---- notebook 03: the scan, the classes, the choice of blocks, the plan -------------------------
-def plot_sensitivity(scan: SensitivityScan, classes: Sequence[BlockClass], tau1: float, tau2: float):
+def plot_sensitivity(scan: SensitivityScan, classes: Sequence[BlockClass], tau1: float, tau2: float) -> Image:
     """Left: s_l / PPL_TP per block, coloured by class, thresholds dashed (symlog: the first blocks are
     orders of magnitude above the rest). Right: the scan's running perplexity PPL(SPD on l..L-1)."""
     from matplotlib.lines import Line2D
@@ -107,7 +111,7 @@ def compare_selections(model: nn.Module, cache: BlockInputs, scores: Sequence[fl
                  ppl=selection_perplexity(model, cache, blocks)) for ratio, kind, blocks in picks]
 
 
-def plot_selections(rows: list[dict], base_ppl: float):
+def plot_selections(rows: list[dict], base_ppl: float) -> Image:
     """Grouped bars: perplexity per selection kind at each ratio; dashed: no SPD."""
     fig, ax = _figure(figsize=(7, 3.2))
     ratios, kinds = sorted({r["ratio"] for r in rows}), list(dict.fromkeys(r["selection"] for r in rows))
@@ -168,7 +172,7 @@ def heads_by_rank(head_perm: Sequence[int], partition: Partition, kv_group: int)
 
 
 def plot_head_grouping(dist: torch.Tensor, head_perm: Sequence[int], mlp_perm: Sequence[int],
-                       mlp_scores: Sequence[Sequence[float]], partition: Partition):
+                       mlp_scores: Sequence[Sequence[float]], partition: Partition) -> Image:
     """Map distances between heads in rank order before and after HG (rank blocks outlined: HG makes
     the heads inside a block far apart), and the MLP matching scores with the chosen assignment."""
     from matplotlib.patches import Rectangle
@@ -192,7 +196,7 @@ def plot_head_grouping(dist: torch.Tensor, head_perm: Sequence[int], mlp_perm: S
     return as_image(fig)
 
 
-def plot_loss_curves(runs: dict[str, DistillResult]):
+def plot_loss_curves(runs: dict[str, DistillResult]) -> Image:
     """B2B training MSE per epoch (epoch 0: before training), one line per run, log scale."""
     fig, ax = _figure(figsize=(6.5, 3.4))
     for i, (label, r) in enumerate(runs.items()):
@@ -263,7 +267,7 @@ def accuracy_table(sweep_rows: list[dict]) -> tuple[list[dict], list[tuple[str, 
     return list(table.values()), [("tp", ""), ("strategy", "")] + [(r, ".3f") for r in ratios]
 
 
-def plot_frontier(points: list[dict]):
+def plot_frontier(points: list[dict]) -> Image:
     """Accuracy drop (SmolLM2) against measured latency saving (LLaMA2-7B shape), a line per strategy."""
     from .plots_accuracy import LABELS, MARKERS
 
@@ -314,7 +318,7 @@ OPERATING_COLUMNS = [("tp", ""), ("busbw_gbps", ".0f"), ("spd_ratio", ".2f"), ("
                      ("recorded_saving", ".1%"), ("recorded_source", ""), ("acc_ratio", ".2f"), ("acc_drop", ".1%")]
 
 
-def explorer(point: Callable[..., dict]):
+def explorer(point: Callable[..., dict]) -> interactive:
     """ipywidgets sliders (SPD ratio, TP degree, bus bandwidth) over `point(tp, busbw_gbps, ratio)`."""
     import ipywidgets as widgets
 
@@ -327,7 +331,7 @@ def explorer(point: Callable[..., dict]):
         busbw_gbps=widgets.FloatLogSlider(value=300, base=10, min=0, max=3, step=0.001, description="bus GB/s"))
 
 
-def plot_operating(point: Callable[..., dict]):
+def plot_operating(point: Callable[..., dict]) -> Image:
     """Static twin of `explorer`: decode saving against SPD ratio at TP 2, 4, 8, model lines at 300 and
     25 GB/s, recorded markers at the measured ratios (TP 8, hollow: PREDICTION)."""
     fig, ax = _figure(figsize=(8, 4))
