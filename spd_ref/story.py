@@ -325,7 +325,8 @@ def explorer(point: Callable[..., dict]) -> interactive:
     from .commcost import print_table
 
     return widgets.interactive(
-        lambda ratio, tp, busbw_gbps: print_table([point(tp=tp, busbw_gbps=busbw_gbps, ratio=ratio)], OPERATING_COLUMNS),
+        lambda ratio, tp, busbw_gbps: print_table([point(tp=tp, busbw_gbps=busbw_gbps, ratio=ratio)],
+                                                  OPERATING_COLUMNS),
         ratio=widgets.FloatSlider(value=0.5, min=0, max=1, step=0.05, description="SPD ratio"),
         tp=widgets.IntSlider(value=4, min=2, max=8, description="TP degree"),
         busbw_gbps=widgets.FloatLogSlider(value=300, base=10, min=0, max=3, step=0.001, description="bus GB/s"))
@@ -339,7 +340,8 @@ def plot_operating(point: Callable[..., dict]) -> Image:
     for i, tp in enumerate((2, 4, 8)):
         for bw, ls, marker in ((300, "-", "o"), (25, ":", "s")):
             pts = [point(tp=tp, busbw_gbps=bw, ratio=r) for r in ratios]
-            ax.plot(ratios, [100 * p["model_saving"] for p in pts], ls=ls, color=f"C{i}", label=f"model TP {tp}, {bw} GB/s")
+            ax.plot(ratios, [100 * p["model_saving"] for p in pts], ls=ls, color=f"C{i}",
+                    label=f"model TP {tp}, {bw} GB/s")
             rec = [(r, p) for r, p in zip(ratios, pts) if p["recorded_saving"] is not None][::5]  # 0, .25, .5, .75, 1
             if rec:
                 ax.plot([r for r, _ in rec], [100 * p["recorded_saving"] for _, p in rec], marker, color=f"C{i}",
