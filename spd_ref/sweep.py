@@ -114,6 +114,20 @@ def largest_ratio_within(rows: list[dict], drop: float = 0.01) -> dict[tuple, fl
     return best
 
 
+def report(rows: list[dict], ppl_metric: str = "word_perplexity") -> str:
+    """Markdown: average accuracy and held-out perplexity per (tp, strategy, ratio), and per
+    (tp, strategy) the largest ratio within 1 point of average accuracy of ratio 0."""
+    avg = average_accuracy(rows)
+    ppl = {(r["tp"], r["strategy"], r["spd_ratio"]): r["value"] for r in rows
+           if r.get("metric") == ppl_metric and "strategy" in r}
+    lines = ["| TP | strategy | SPD ratio | avg accuracy | held-out word ppl |", "| --- | --- | --- | --- | --- |"]
+    for key in sorted(avg):
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]:.2f} | {avg[key]:.3f} | {ppl.get(key, float('nan')):.1f} |")
+    lines += ["", "| TP | strategy | largest ratio with avg accuracy drop <= 1 point |", "| --- | --- | --- |"]
+    lines += [f"| {tp} | {s} | {r:.2f} |" for (tp, s), r in sorted(largest_ratio_within(rows).items())]
+    return "\n".join(lines)
+
+
 def cli(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m spd_ref sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2")
@@ -125,7 +139,11 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--seq-len", type=int, default=SEQ_LEN)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/sweep")
+    p.add_argument("--report", action="store_true", help="only print the tables of the rows already in --out")
     args = p.parse_args(argv)
+    if args.report:
+        print(report(load_rows(args.out)))
+        return 0
     from .hf import load_model
     from .plots_accuracy import plot_sweep
 
@@ -143,6 +161,5 @@ def cli(argv: list[str]) -> int:
             f.writelines(json.dumps(r) + "\n" for r in rows)
     rows = load_rows(out)
     plot_sweep(rows, out / "sweep.png")
-    for (tp, strategy), ratio in sorted(largest_ratio_within(rows).items()):
-        print(f"TP {tp} {strategy:<6}: largest ratio with average accuracy drop <= 1 point: {ratio:.2f}")
+    print(report(rows))
     return 0
