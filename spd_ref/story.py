@@ -247,12 +247,16 @@ def latency_saving(rows: list[dict], ratio: float, shape: str = "llama2-7b", tp:
 
 def frontier(latency_rows: list[dict], sweep_rows: list[dict], tp: int = 4, p2p: bool = True) -> list[dict]:
     """Per strategy and SPD ratio of the accuracy sweep at `tp`: the measured LLaMA2-7B decode saving at
-    that ratio (TP `tp`, batch 1) beside SmolLM2's average accuracy drop (different models!)."""
+    that ratio (TP `tp`, batch 1) beside SmolLM2's average accuracy drop and held-out word perplexity
+    (relative to ratio 0; different models!)."""
+    from .plots_accuracy import sweep_series
     from .sweep import average_accuracy
 
     avg = average_accuracy(sweep_rows)
+    ppl = {(t, s, r): v for (t, s), xy in sweep_series(sweep_rows, "word_perplexity").items() for r, v in zip(*xy)}
     return [dict(strategy=s, ratio=r, latency_saving_7b=latency_saving(latency_rows, r, tp=tp, p2p=p2p),
-                 accuracy=a, accuracy_drop_smollm2=avg[(t, s, 0.0)] - a)
+                 accuracy=a, accuracy_drop_smollm2=avg[(t, s, 0.0)] - a, word_ppl=ppl.get((t, s, r)),
+                 word_ppl_ratio=ppl[(t, s, r)] / ppl[(t, s, 0.0)] if (t, s, r) in ppl else None)
             for (t, s, r), a in sorted(avg.items()) if t == tp and (t, s, 0.0) in avg]
 
 
@@ -268,23 +272,26 @@ def accuracy_table(sweep_rows: list[dict]) -> tuple[list[dict], list[tuple[str, 
 
 
 def plot_frontier(points: list[dict]) -> Image:
-    """Accuracy drop (SmolLM2) against measured latency saving (LLaMA2-7B shape), a line per strategy."""
+    """Against the measured latency saving (LLaMA2-7B shape), a line per strategy: SmolLM2's average
+    accuracy drop (left) and held-out word perplexity over that at ratio 0 (right, log)."""
     from .plots_accuracy import LABELS, MARKERS
 
-    fig, ax = _figure(figsize=(7, 4))
-    for s in dict.fromkeys(p["strategy"] for p in points):
-        mine = [p for p in points if p["strategy"] == s]
-        ax.plot([100 * p["latency_saving_7b"] for p in mine], [100 * p["accuracy_drop_smollm2"] for p in mine],
-                marker=MARKERS.get(s, "."), label=LABELS.get(s, s))
-    for p in points:
-        if p["strategy"] == points[-1]["strategy"]:
-            ax.annotate(f"{p['ratio']:.2f}", (100 * p["latency_saving_7b"], 100 * p["accuracy_drop_smollm2"]),
-                        fontsize=7, xytext=(3, -9), textcoords="offset points")
-    ax.axhline(1, ls="--", color="k", lw=0.8, label="1 point drop")
-    ax.set(xlabel="measured decode saving, LLaMA2-7B shape, 4 x H100 (%)",
-           ylabel="average accuracy drop, SmolLM2 (points)", title="different models: see the text")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    fig, axes = _figure(1, 2, figsize=(12, 4))
+    for ax, key, scale, label in ((axes[0], "accuracy_drop_smollm2", 100, "average accuracy drop (points)"),
+                                  (axes[1], "word_ppl_ratio", 1, "held-out word perplexity / at ratio 0")):
+        for s in dict.fromkeys(p["strategy"] for p in points):
+            mine = [p for p in points if p["strategy"] == s and p[key] is not None]
+            ax.plot([100 * p["latency_saving_7b"] for p in mine], [scale * p[key] for p in mine],
+                    marker=MARKERS.get(s, "."), label=LABELS.get(s, s))
+        for p in (p for p in points if p["strategy"] == points[0]["strategy"] and p[key] is not None):
+            ax.annotate(f"r={p['ratio']:.2f}", (100 * p["latency_saving_7b"], scale * p[key]), fontsize=7,
+                        xytext=(3, 6), textcoords="offset points")
+        ax.set(xlabel="measured decode saving, LLaMA2-7B shape, TP 4, 4 x H100 (%)", ylabel=f"SmolLM2: {label}")
+        ax.grid(alpha=0.3)
+    axes[0].axhline(1, ls="--", color="k", lw=0.8, label="1 point")
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("latency and accuracy come from different models (see the text)", fontsize=9)
     return as_image(fig)
 
 

@@ -128,8 +128,11 @@ def sweep_rows(tp=4):
     """Accuracy rows as spd_ref.sweep writes them: two tasks, two strategies, three ratios."""
     acc = {("zs", 0.0): (0.8, 0.6), ("zs", 0.5): (0.78, 0.6), ("zs", 1.0): (0.5, 0.5),
            ("hg", 0.0): (0.8, 0.6), ("hg", 0.5): (0.8, 0.59), ("hg", 1.0): (0.7, 0.55)}
+    ppl = {0.0: 100.0, 0.5: 150.0, 1.0: 1000.0}
     return [dict(tp=tp, strategy=s, spd_ratio=r, task=t, metric="acc", value=v) for (s, r), vs in acc.items()
-            for t, v in zip(("a", "b"), vs)] + [dict(tp=tp, kind="sensitivity", block=0, relative=0.1)]
+            for t, v in zip(("a", "b"), vs)] + [dict(tp=tp, kind="sensitivity", block=0, relative=0.1)] + \
+        [dict(tp=tp, strategy=s, spd_ratio=r, task="w", metric="word_perplexity",
+              value=ppl[r] * (2 if s == "zs" else 1)) for s, r in acc]
 
 
 def test_recorded_rows_are_measurements(recorded):
@@ -155,6 +158,7 @@ def test_accuracy_table_and_frontier(recorded):
     points = {(p["strategy"], p["ratio"]): p for p in story.frontier(recorded, sweep_rows() + sweep_rows(tp=3))}
     assert len(points) == 6  # TP 4 only
     assert points[("zs", 1.0)]["accuracy_drop_smollm2"] == pytest.approx(0.2)
+    assert points[("zs", 0.5)]["word_ppl"] == 300.0 and points[("hg", 1.0)]["word_ppl_ratio"] == pytest.approx(10.0)
     assert points[("hg", 0.5)]["latency_saving_7b"] == pytest.approx(story.latency_saving(recorded, 0.5))
     assert story.plot_frontier(list(points.values())).data[:4] == PNG
 
