@@ -78,6 +78,8 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--tp", type=int, default=4)
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of blocks with SPD [ours: 0.5]")
     p.add_argument("--limit", type=int, default=100, help="items per task [ours: CPU-sized]")
+    p.add_argument("--epochs", type=int, default=2,
+                   help="B2B epochs [ours for the demo: 2, to stay within minutes on a CPU; the paper: 10]")
     p.add_argument("--eval-dtype", default="bfloat16", choices=["bfloat16", "float32"],
                    help="dtype the offline suite is scored in [ours: bfloat16]")
     p.add_argument("--out", default="out/demo", help="plan folder, JSON lines and figure go here")
@@ -90,7 +92,7 @@ def cli(argv: list[str]) -> int:
     start = time.time()
     out = Path(args.out)
     model, tokenizer = load_model(args.model)
-    plan = calibrate(model, tokenizer, args.tp, args.ratio, model_id=args.model)
+    plan = calibrate(model, tokenizer, args.tp, args.ratio, epochs=args.epochs, model_id=args.model)
     save_plan(plan, out / "plan")
     print(plan.table())
     # [ours] calibrate in fp32, score in bf16 (about 3x faster on a CPU; what GPUs serve in)
