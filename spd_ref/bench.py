@@ -37,7 +37,6 @@ import argparse
 import math
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -45,7 +44,7 @@ import torch
 import torch.distributed as dist
 
 from .results_schema import ROW_FIELDS, RowWriter, make_row, run_metadata  # noqa: F401 (re-exported)
-from .timing import finish_process, graphed, ranks_agree, summarize, time_calls  # noqa: F401 (re-exported)
+from .timing import finish_process, graphed, ranks_agree, run_then_exit, summarize, time_calls  # noqa: F401
 
 # LLaMA2 shapes (the public configs); "tiny" is for CPU tests: heads divide by 1, 2, 4.
 SHAPES: dict[str, dict] = {
@@ -309,14 +308,7 @@ def cli(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
     for name, kind in (("batch", int), ("prompt_lens", int), ("spd_ratios", float), ("prefill_ratios", float)):
         setattr(args, name, parse_list(getattr(args, name), kind))
-    code = 0
-    try:
-        run(args)
-    except Exception:
-        traceback.print_exc()
-        code = 1
-    finish_process(code)
-    return code
+    return run_then_exit(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ from typing import Optional
 
 import torch
 
-from .bench import (DTYPES, RowWriter, finish_process, llama_config, make_row, parse_list, ranks_agree,
+from .bench import (DTYPES, RowWriter, llama_config, make_row, parse_list, ranks_agree,
                     run_metadata, summarize, time_calls)
+from .timing import run_then_exit
 
 IMPL = "transformers_tp_plan"
 
@@ -161,6 +162,30 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _load_and_bench(args, folder: str) -> None:
+    """Load the tp_plan model on every rank, check it is sharded, and time it."""
+    from .tp import init_distributed
+
+    if not has_checkpoint(Path(folder)):
+        raise FileNotFoundError(f"no checkpoint in {folder}. Fix: first run `python -m spd_ref.peer "
+                                f"--make-checkpoint --shape {args.shape} --checkpoint {folder}`")
+    ctx = init_distributed()
+    dtype = DTYPES[args.dtype]
+    writer = RowWriter(args.out, ctx.is_main)
+    meta = run_metadata(ctx, dtype)
+    t0 = time.perf_counter()
+    model = load_tp_model(folder, dtype)
+    shard = model.model.layers[0].mlp.gate_proj.weight
+    local = shard.to_local() if hasattr(shard, "to_local") else shard
+    if ctx.world_size > 1 and local.shape[0] * ctx.world_size != model.config.intermediate_size:
+        raise RuntimeError(f"transformers did not shard the model: gate_proj holds {tuple(local.shape)} "
+                           f"of intermediate size {model.config.intermediate_size} on {ctx.world_size} ranks")
+    if ctx.is_main:
+        print(f"peer: loaded {folder} with tp_plan=auto on {ctx.world_size} ranks in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+    bench_peer(ctx, model, args.shape, meta, writer, args)
+
+
 def cli(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
     # transformers renames arguments between minor versions (past_key_values -> cache, tp_plan ->
@@ -175,33 +200,7 @@ def cli(argv: Optional[list[str]] = None) -> int:
         make_checkpoint(args.shape, folder, args.layers, args.dtype, args.seed)
         print(f"peer: checkpoint {folder} ready in {time.perf_counter() - t0:.0f} s", flush=True)
         return 0
-    code = 0
-    try:
-        from .tp import init_distributed
-
-        if not has_checkpoint(Path(folder)):
-            raise FileNotFoundError(f"no checkpoint in {folder}. Fix: first run `python -m spd_ref.peer "
-                                    f"--make-checkpoint --shape {args.shape} --checkpoint {folder}`")
-        ctx = init_distributed()
-        dtype = DTYPES[args.dtype]
-        writer = RowWriter(args.out, ctx.is_main)
-        meta = run_metadata(ctx, dtype)
-        t0 = time.perf_counter()
-        model = load_tp_model(folder, dtype)
-        shard = model.model.layers[0].mlp.gate_proj.weight
-        local = shard.to_local() if hasattr(shard, "to_local") else shard
-        if ctx.world_size > 1 and local.shape[0] * ctx.world_size != model.config.intermediate_size:
-            raise RuntimeError(f"transformers did not shard the model: gate_proj holds {tuple(local.shape)} "
-                               f"of intermediate size {model.config.intermediate_size} on {ctx.world_size} ranks")
-        if ctx.is_main:
-            print(f"peer: loaded {folder} with tp_plan=auto on {ctx.world_size} ranks in "
-                  f"{time.perf_counter() - t0:.0f} s", flush=True)
-        bench_peer(ctx, model, args.shape, meta, writer, args)
-    except Exception:
-        traceback.print_exc()
-        code = 1
-    finish_process(code)
-    return code
+    return run_then_exit(lambda: _load_and_bench(args, folder))
 
 
 if __name__ == "__main__":

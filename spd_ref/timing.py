@@ -7,6 +7,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from typing import Callable, Optional
 
 import torch
@@ -109,3 +110,15 @@ def finish_process(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def run_then_exit(body: Callable[[], object]) -> int:
+    """Run a benchmark's body, print any exception, and end the process (finish_process): 0 or 1."""
+    code = 0
+    try:
+        body()
+    except Exception:
+        traceback.print_exc()
+        code = 1
+    finish_process(code)
+    return code
