@@ -6,6 +6,7 @@
 #   bash scripts/gpu_sweep.sh c      # 7B again at TP 4 (P2P on, off) and TP 1, then TP 2 (on, off) for 7B, 13B
 #   bash scripts/gpu_sweep.sh peer   # 7B TP 4 ours beside transformers tp_plan, same machine and call
 #   bash scripts/gpu_sweep.sh tune   # 7B TP 4 and 1: torch.compile default against max-autotune
+#   bash scripts/gpu_sweep.sh head   # 2 GPUs: split vs replicated lm_head, compile mode; TP 2, 1 and a TP-4 shard
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -16,6 +17,9 @@
 # If the first step of a phase fails without writing a row, the phase stops there (a code bug,
 # not worth the device time of the rest).
 #
+# Phases a, b, c, peer and the committed results/h100 rows of them ran before bench's defaults became
+# --compile-mode max-autotune-no-cudagraphs and --lm-head split: to repeat them as they ran, use
+# BENCH_EXTRA="--compile-mode default --lm-head replicated".
 # BENCH_EXTRA adds bench flags to every bench step (e.g. BENCH_EXTRA=--eager if compiling fails there).
 # NCCL settings of the machine are left alone (NVLink multicast stays off); `--p2p off` only sets
 # NCCL_P2P_DISABLE=1 for that step.
@@ -123,10 +127,25 @@ case "$PHASE" in
     # default compile, 7B at TP 4 and TP 1, batch 1, in one call on one machine.
     T=(bench --ctx 512 --batch 1 --prompt-lens 128 --spd-ratios 0,1 --prefill-ratios 0 --no-comm
        --repeats 100 --warmup 10 --prefill-repeats 2 --shape llama2-7b --out "$JSONL")
-    step tp4-default 120 --nproc 4 --p2p on "${T[@]}" --tag tune-default
+    step tp4-default 120 --nproc 4 --p2p on "${T[@]}" --compile-mode default --tag tune-default
     step tp4-autotune 220 --nproc 4 --p2p on "${T[@]}" --compile-mode max-autotune-no-cudagraphs --tag tune-max-autotune
-    step tp1-default 80 --nproc 1 "${T[@]}" --tag tune-default
+    step tp1-default 80 --nproc 1 "${T[@]}" --compile-mode default --tag tune-default
     step tp1-autotune 160 --nproc 1 "${T[@]}" --compile-mode max-autotune-no-cudagraphs --tag tune-max-autotune
+    ;;
+  head)
+    # Two GPUs: the split (vocab-parallel) lm_head against the replicated one, and the compile mode,
+    # at TP 2 over NVLink (baseline, SPD 100%, floor) and on the per-GPU work of TP 4 (--shard-of 4:
+    # rank 0's shard of the TP-4 model, no communication) and TP 1. 7B, batch 1, ctx 512.
+    T=(bench --ctx 512 --batch 1 --prompt-lens none --spd-ratios 0,1 --no-comm --repeats 200 --warmup 20
+       --shape llama2-7b --out "$JSONL" --tag head)
+    A=(--compile-mode max-autotune-no-cudagraphs)
+    step tp2-replicated 120 --nproc 2 --p2p on "${T[@]}" --lm-head replicated
+    step tp2-split 120 --nproc 2 --p2p on "${T[@]}" --lm-head split
+    step tp2-split-autotune 150 --nproc 2 --p2p on "${T[@]}" --lm-head split "${A[@]}"
+    step shard4-split-autotune 90 --nproc 1 "${T[@]}" --shard-of 4 --lm-head split "${A[@]}"
+    step shard4-replicated-autotune 90 --nproc 1 "${T[@]}" --shard-of 4 --lm-head replicated "${A[@]}"
+    step tp1-autotune 90 --nproc 1 "${T[@]}" "${A[@]}"
+    step tp2-replicated-autotune 120 --nproc 2 --p2p on "${T[@]}" --lm-head replicated "${A[@]}"
     ;;
   smoke)
     # 2-layer models: every code path (compiled + graphs, eager + graphs, GQA, P2P off, the peer) and
@@ -141,6 +160,6 @@ case "$PHASE" in
       --out "$JSONL" --tag smoke
     ;;
   *)
-    echo "unknown phase $PHASE: use a, b or smoke"; exit 2 ;;
+    echo "unknown phase $PHASE: use a, b, c, peer, tune, head or smoke"; exit 2 ;;
 esac
 finish

@@ -1,6 +1,9 @@
-"""Where a compiled decode step's GPU time goes: top kernels of the 7B shape at TP 1 (one GPU).
+"""Where a compiled decode step's GPU time goes: top kernels of the 7B shape on one GPU.
 
     python3 scripts/profile_decode.py --layers 8 --out results/h100/profile_decode.txt
+    python3 scripts/profile_decode.py --shard-of 4 --out profile_shard4.txt
+
+--shard-of N profiles rank 0's shard of a TP-N model with no communication (bench --shard-of).
 """
 import argparse
 import os
@@ -9,17 +12,20 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from spd_ref.bench import llama_config  # noqa: E402
+from spd_ref.bench import llama_config, shard_context  # noqa: E402
 from spd_ref.model import TPTransformer  # noqa: E402
 from spd_ref.tp import init_distributed  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--layers", type=int, default=8)
 ap.add_argument("--ctx", type=int, default=512)
+ap.add_argument("--shard-of", type=int, default=1)
+ap.add_argument("--lm-head", choices=("split", "replicated"), default="split")
 ap.add_argument("--out", required=True)
 args = ap.parse_args()
-ctx = init_distributed()
+ctx = shard_context(init_distributed(), args.shard_of)
 model = TPTransformer.random(llama_config("llama2-7b", args.layers), ctx)
+model.lm_head_mode, model.comm = args.lm_head, "none"
 model.compile_blocks()
 model.setup_cache(1, args.ctx + 1)
 ids = torch.randint(0, 32000, (1, args.ctx), device=ctx.device)
@@ -32,7 +38,8 @@ with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) a
     for _ in range(20):
         model(tok, pos)
     torch.cuda.synchronize()
-table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=20)
-header = f"7B shape, {args.layers} layers, TP 1, batch 1, ctx {args.ctx}, 20 compiled decode steps (no graph)\n"
+table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=24)
+header = (f"7B shape, {args.layers} layers, shard of TP {args.shard_of} (no communication), lm_head "
+          f"{args.lm_head}, batch 1, ctx {args.ctx}, 20 compiled decode steps (no graph)\n")
 open(args.out, "w").write(header + table)
 print(header + table)

@@ -13,6 +13,11 @@ How it times (DESIGN.md, performance protocol):
   per block mode and batch, reused by every layer and every SPD ratio: a new ratio only re-captures
   the graph). Prefill runs the eager blocks in a graph (compiling every prompt length would cost
   more device time than it saves on long prompts), so prefill rows say compiled=false.
+- [ours] Decode compiles with inductor's max-autotune-no-cudagraphs (Triton GEMV templates tried
+  against cuBLAS), 5-10% faster than mode "default" on H100 (results/h100/README.md); the
+  split lm_head (`--lm-head`, spd_ref.model) is the default too.
+- `--shard-of N` times, in one process, rank 0's shard of a TP-N model with no communication:
+  the TP-N floor on one GPU (rows with shard_proxy=true), for work on compute without N GPUs.
 - CPU (gloo): eager, time.perf_counter. These numbers only exercise the code path (tests).
 - Timing helpers live in spd_ref.timing, the row schema and writer in spd_ref.results_schema.
 - Decode is one token at position --ctx over a cache whose first --ctx positions hold random keys
@@ -38,12 +43,14 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
 import torch
-import torch.distributed as dist
 
+from .allreduce_bench import DEFAULT_AR_SIZES, bench_allreduce
+from .model import DEFAULT_LM_HEAD, LM_HEAD_MODES
 from .results_schema import ROW_FIELDS, RowWriter, make_row, run_metadata  # noqa: F401 (re-exported)
+from .tp import TPContext
 from .timing import finish_process, graphed, ranks_agree, run_then_exit, summarize, time_calls  # noqa: F401
 
 # LLaMA2 shapes (the public configs); "tiny" is for CPU tests: heads divide by 1, 2, 4.
@@ -58,7 +65,6 @@ SHAPES: dict[str, dict] = {
                        intermediate_size=28672, vocab_size=32000),
 }
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-DEFAULT_AR_SIZES = ",".join(f"{2 ** k}" for k in range(13, 27))  # 8 KiB .. 64 MiB
 
 
 # ---- configuration ------------------------------------------------------------------------------
@@ -113,48 +119,14 @@ def parse_list(text: str, kind: Callable = float) -> list:
     return out
 
 
-# ---- the all-reduce microbenchmark -------------------------------------------------------------------
-def bench_allreduce(ctx, sizes: Iterable[int], meta: dict, writer: RowWriter, args) -> None:
-    """Time in-place all-reduces of `size` bytes each; check the sum once per size."""
-    if ctx.world_size == 1:
-        if ctx.is_main:
-            print("allreduce: one process, nothing to reduce: skipped", flush=True)
-        return
-    dtype = DTYPES[args.dtype]
-    elem = torch.empty((), dtype=dtype).element_size()
-    per_graph = args.ar_per_graph
-    for size in sizes:
-        numel = max(1, size // elem)
-        source = torch.randn(numel, device=ctx.device, dtype=dtype)
-        buf = source.clone()
-
-        def reduce_all() -> None:
-            for _ in range(per_graph):
-                dist.all_reduce(buf, group=ctx.group)
-
-        dist.all_reduce(buf, group=ctx.group)  # communicator set up outside any capture
-        replay, _, graph = graphed(reduce_all, ctx.device, warmup=1)
-        # Each call grows the values N-fold: restore them (untimed) before each timed replay.
-        times = time_calls(replay, ctx.device, args.warmup, args.ar_repeats, before=lambda: buf.copy_(source))
-        med, p90 = summarize([t / per_graph for t in times])
-        buf.fill_(ctx.rank + 1)
-        dist.all_reduce(buf, group=ctx.group)
-        expected = ctx.world_size * (ctx.world_size + 1) / 2
-        if not bool((buf.float() == expected).all()):
-            raise RuntimeError(f"all-reduce of {size} bytes gave a wrong sum (expected {expected})")
-        nbytes = numel * elem
-        busbw = nbytes * 2 * (ctx.world_size - 1) / ctx.world_size / (med * 1e-3) / 1e9
-        writer.add(make_row(meta, kind="allreduce", impl="spd_ref", no_comm=False, bytes=nbytes,
-                            compiled=False, cuda_graph=graph is not None, ms_median=med, ms_p90=p90,
-                            repeats=args.ar_repeats, busbw_gbps=busbw, ranks_agree=True, tag=args.tag))
-        del replay, graph
-
-
 # ---- the model -----------------------------------------------------------------------------------
 def variants(ctx, ratios: list[float], no_comm: bool) -> list[Optional[float]]:
-    """SPD ratios to measure, None = the no-communication floor. One process: the baseline only."""
+    """SPD ratios to measure, None = the no-communication floor. One process: the baseline only;
+    one process holding one shard of a larger TP degree (--shard-of): the floor only."""
     if ctx.world_size == 1:
         return [0.0]
+    if ctx.group is None:
+        return [None]
     return list(ratios) + ([None] if no_comm else [])
 
 
@@ -171,7 +143,8 @@ def bench_model(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> 
     cfg, dev = model.config, ctx.device
     gen = torch.Generator(device=dev).manual_seed(args.seed)
     base = dict(impl="spd_ref", shape=shape, layers=cfg.num_hidden_layers, hidden=cfg.hidden_size,
-                cuda_graph=dev.type == "cuda", tag=args.tag)
+                cuda_graph=dev.type == "cuda", tag=args.tag,
+                lm_head=model.lm_head_mode)
 
     def row(kind: str, ratio: Optional[float], blocks: list[int], times: list[float], **kw) -> dict:
         med, p90 = summarize(times)
@@ -214,7 +187,8 @@ def bench_model(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> 
             agree = None if ratio is None else ranks_agree(ctx, out["y"])
             writer.add(row("decode", ratio, blocks, times, batch=batch, ctx=args.ctx,
                            sync_bytes=batch * cfg.hidden_size * model.embed.element_size(),
-                           compiled=compiled, ranks_agree=agree, compile_s=round(warm_s, 2)))
+                           compiled=compiled, ranks_agree=agree, compile_s=round(warm_s, 2),
+                           compile_mode=args.compile_mode if compiled else None))
             del replay, graph, out
 
 
@@ -238,8 +212,11 @@ def build_model(ctx, shape: str, args):
         state = {}
         for f in files:
             state.update(load_file(str(f)))
-        return TPTransformer.from_hf(config, state, ctx, dtype), folder.name
+        model = TPTransformer.from_hf(config, state, ctx, dtype)
+        model.lm_head_mode = args.lm_head
+        return model, folder.name
     model = TPTransformer.random(llama_config(shape, args.layers), ctx, dtype, seed=args.seed)
+    model.lm_head_mode = args.lm_head
     return model, shape
 
 
@@ -261,8 +238,14 @@ def parser() -> argparse.ArgumentParser:
     a("--no-comm", action="store_true", help="also measure the floor: every all-reduce removed")
     a("--compile", choices=("auto", "on", "off"), default="auto",
       help="torch.compile the decode blocks: auto = on GPUs only (CPU compiles are for tests)")
-    a("--compile-mode", default="default", choices=("default", "max-autotune-no-cudagraphs"),
-      help="torch.compile mode of the decode blocks (graphs are ours either way)")
+    a("--compile-mode", default="max-autotune-no-cudagraphs", choices=("default", "max-autotune-no-cudagraphs"),
+      help="torch.compile mode of the decode blocks [ours: max-autotune, 5-10%% faster on H100 than "
+           "'default', which compiles in a third of the time]; CUDA graphs are ours either way")
+    a("--lm-head", choices=LM_HEAD_MODES, default=DEFAULT_LM_HEAD,
+      help="split: vocab-parallel lm_head + one all-gather; replicated: every rank the whole head [ours]")
+    a("--shard-of", type=int, default=1, metavar="N",
+      help="one process, no torchrun: time rank 0's shard of a TP-N model with no communication "
+           "(the per-GPU compute of TP N on one GPU; floor rows only, shard_proxy=true)")
     a("--eager", dest="compile", action="store_const", const="off",
       help="same as --compile off (CUDA graphs are still captured on GPUs)")
     a("--repeats", type=int, default=100, help="timed decode steps per variant")
@@ -278,18 +261,32 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def shard_context(ctx, shard_of: int):
+    """--shard-of N: this lone process plays rank 0 of N (no process group; only the floor runs)."""
+    if shard_of == 1:
+        return ctx
+    if shard_of < 1:
+        raise ValueError(f"--shard-of {shard_of}: give a TP degree of at least 1")
+    if ctx.world_size != 1:
+        raise ValueError(f"--shard-of {shard_of} runs in one process, this run has {ctx.world_size}. "
+                         "Fix: run it without torchrun, or with launch --nproc 1")
+    return TPContext(0, shard_of, ctx.local_rank, ctx.device, None)
+
+
 def run(args) -> list[dict]:
     from .tp import init_distributed
 
-    ctx = init_distributed()
+    ctx = shard_context(init_distributed(), args.shard_of)
     dtype = DTYPES[args.dtype]
     writer = RowWriter(args.out, ctx.is_main)
     meta = run_metadata(ctx, dtype)
+    if args.shard_of > 1:
+        meta.update(gpu_count=int(ctx.device.type == "cuda"), shard_proxy=True)
     if ctx.is_main:
         print(f"bench: tp={ctx.world_size} p2p={meta['p2p']} on {meta['gpu']} torch {meta['torch']} "
               f"nccl {meta['nccl']} -> {args.out}", flush=True)
     if args.allreduce:
-        bench_allreduce(ctx, parse_list(args.ar_sizes, int), meta, writer, args)
+        bench_allreduce(ctx, parse_list(args.ar_sizes, int), dtype, meta, writer, args)
     shapes = [args.model] if args.model else parse_list(args.shape or ("" if args.allreduce else "llama2-7b"), str)
     for shape in shapes:
         t0 = time.perf_counter()

@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from .model import DEFAULT_LM_HEAD, LM_HEAD_MODES
 from .tp import DEFAULT_TIMEOUT_S, init_distributed, require_torchrun, shutdown
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--naive", action="store_true", help="drop the sync WITHOUT SPD's re-wiring (to show why not)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="default: bfloat16 on GPU, float32 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the block function")
+    p.add_argument("--lm-head", choices=LM_HEAD_MODES, default=DEFAULT_LM_HEAD,
+                   help="split: vocab-parallel head + one all-gather; replicated: no collective [ours]")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="process-group timeout in seconds")
     p.add_argument("--save-logits", default=None, help="rank 0 saves prefill and decode logits here (torch.save)")
     return p
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> Optional[dict]:
         model = TPTransformer.from_hf(hf_model.config, hf_model.state_dict(), ctx, dtype, overrides)
         del hf_model
         model.set_spd_blocks(blocks, BlockMode.NAIVE if args.naive else BlockMode.SPD)
+        model.lm_head_mode = args.lm_head
         if args.compile:
             model.compile_blocks()
         if args.prompt_ids:

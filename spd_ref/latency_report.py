@@ -38,7 +38,7 @@ def _setting(r: dict) -> tuple:
             r.get("batch"), r.get("ctx"), r.get("prompt_len"), r.get("compiled"))
 
 
-EXPERIMENT_TAGS = ("tune-",)  # compile-mode experiments (gpu_sweep.sh tune): reported apart, not in the table
+EXPERIMENT_TAGS = ("tune-", "attn", "head")  # experiments (gpu_sweep.sh tune, head; attn): reported apart
 
 
 def current_rows(rows: Iterable[dict]) -> list[dict]:

@@ -5,8 +5,11 @@ of tensors, so `compile_blocks()` compiles it once per block mode and every laye
 code (weights are arguments, not constants). The block equations are spd_ref.block's, shared with the
 simulated runtime; a sync point is `TPContext.sync` (all-reduce), or nothing with `comm = "none"`.
 
-[ours] The embedding and lm_head are replicated on every rank (no vocab-parallel all-gather), so the
-only collectives are the blocks' sync points, which is what SPD is about.
+[ours] The embedding is replicated on every rank. The lm_head is split by vocabulary rows
+(`lm_head_mode = "split"`: each rank multiplies by V/N rows and one all-gather of the logits follows;
+Megatron's vocab-parallel head) or replicated (`"replicated"`: every rank reads all V rows, no
+collective). Either way the SPD-relevant collectives are the blocks' sync points; the head's
+all-gather is the same for every SPD ratio.
 """
 from __future__ import annotations
 
@@ -19,13 +22,12 @@ import torch.nn.functional as F
 
 from .block import BlockMode, block_residual
 from .hf import validate_blocks
-from .partition import RankShard, partition_for_config
+from .partition import partition_for_config
+from .shards import HF_NAMES, WEIGHTS, fuse_block, full_shapes, rank_slices, vocab_shard
 from .tp import TPContext
 
-WEIGHTS = ("input_norm", "q_w", "k_w", "v_w", "q_b", "k_b", "v_b", "o_w", "o_b",
-           "post_norm", "gate_w", "up_w", "down_w", "gate_b", "up_b", "down_b")
-
-
+LM_HEAD_MODES = ("split", "replicated")
+DEFAULT_LM_HEAD = "split"  # [ours] see the module docstring; measured in results/h100/README.md
 def local_sum(partials: torch.Tensor) -> torch.Tensor:
     """The "no communication" sync: this rank's partials only (the latency floor, not a model)."""
     return partials.sum(0)
@@ -70,26 +72,6 @@ def block_forward(x: torch.Tensor, w: dict, k_cache: torch.Tensor, v_cache: torc
                           mode, w["o_b"], w["down_b"])
 
 
-def _rank_slices(config, shard: RankShard) -> dict[str, tuple[int, slice]]:
-    """For each block weight: (dim, slice) of the full HF tensor this rank holds; dim -1 = replicated."""
-    hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    q = slice(shard.q_heads.start * hd, shard.q_heads.stop * hd)
-    kv = slice(shard.kv_heads.start * hd, shard.kv_heads.stop * hd)
-    cols = slice(shard.mlp_cols.start, shard.mlp_cols.stop)
-    return {"input_norm": (-1, None), "post_norm": (-1, None), "o_b": (-1, None), "down_b": (-1, None),
-            "q_w": (0, q), "q_b": (0, q), "k_w": (0, kv), "k_b": (0, kv), "v_w": (0, kv), "v_b": (0, kv),
-            "o_w": (1, q), "gate_w": (0, cols), "gate_b": (0, cols), "up_w": (0, cols), "up_b": (0, cols),
-            "down_w": (1, cols)}
-
-
-HF_NAMES = {"input_norm": "input_layernorm.weight", "post_norm": "post_attention_layernorm.weight",
-            "q_w": "self_attn.q_proj.weight", "k_w": "self_attn.k_proj.weight", "v_w": "self_attn.v_proj.weight",
-            "q_b": "self_attn.q_proj.bias", "k_b": "self_attn.k_proj.bias", "v_b": "self_attn.v_proj.bias",
-            "o_w": "self_attn.o_proj.weight", "o_b": "self_attn.o_proj.bias",
-            "gate_w": "mlp.gate_proj.weight", "up_w": "mlp.up_proj.weight", "down_w": "mlp.down_proj.weight",
-            "gate_b": "mlp.gate_proj.bias", "up_b": "mlp.up_proj.bias", "down_b": "mlp.down_proj.bias"}
-
-
 class TPTransformer(nn.Module):
     """One rank's shard of a LLaMA-architecture causal LM (this process holds rank ctx.rank of N)."""
 
@@ -103,9 +85,11 @@ class TPTransformer(nn.Module):
         shard = self.partition[ctx.rank]
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.blocks = [{k: (nn.Parameter(v, requires_grad=False) if v is not None else None)
-                        for k, v in _fuse(b).items()} for b in blocks]
+                        for k, v in fuse_block(b).items()} for b in blocks]
         self._params = nn.ParameterList([p for b in self.blocks for p in b.values() if p is not None])
         self.embed, self.final_norm, self.lm_head = embed, final_norm, lm_head
+        self.lm_head_shard = vocab_shard(lm_head, ctx.rank, ctx.world_size)
+        self.lm_head_mode = DEFAULT_LM_HEAD
         self.act, self.eps = ACT2FN[config.hidden_act], config.rms_norm_eps
         group = config.num_attention_heads // self.partition.num_kv_heads
         kv_of_q = [h // group - shard.kv_heads.start for h in shard.q_heads]
@@ -128,7 +112,7 @@ class TPTransformer(nn.Module):
                 overrides: Optional[dict] = None) -> "TPTransformer":
         """Shard a full transformers state dict (plus an SPD plan's changed weights) for ctx.rank."""
         sd = dict(state_dict, **(overrides or {}))
-        slices = _rank_slices(config, partition_for_config(config, ctx.world_size)[ctx.rank])
+        slices = rank_slices(config, partition_for_config(config, ctx.world_size)[ctx.rank])
 
         def take(key: str, dim: int, sl) -> Optional[torch.Tensor]:
             t = sd.get(key)
@@ -152,8 +136,8 @@ class TPTransformer(nn.Module):
         """
         gen = torch.Generator(device=ctx.device).manual_seed(seed + ctx.rank)
         shared = torch.Generator(device=ctx.device).manual_seed(seed)
-        slices = _rank_slices(config, partition_for_config(config, ctx.world_size)[ctx.rank])
-        shapes = _full_shapes(config)
+        slices = rank_slices(config, partition_for_config(config, ctx.world_size)[ctx.rank])
+        shapes = full_shapes(config)
         std = 1 / math.sqrt(config.hidden_size)
 
         def rand(name: str) -> Optional[torch.Tensor]:
@@ -224,7 +208,17 @@ class TPTransformer(nn.Module):
         for w, (kc, vc), mode in zip(self.blocks, self.caches, self.block_modes):
             x = self._block_fn(x, w, kc, vc, cos, sin, input_pos, mask, mode, sync, self.act, self.eps,
                                self.gqa, self.kv_index)
-        return F.linear(rms_norm(x, self.final_norm, self.eps), self.lm_head)
+        return self._logits(rms_norm(x, self.final_norm, self.eps))
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, T, V) on every rank. Split head without communication (the floor): this rank's
+        (B, T, ceil(V/N)) slice only, timing only."""
+        if check_lm_head(self.lm_head_mode) == "replicated" or self.ctx.world_size == 1:
+            return F.linear(h, self.lm_head)
+        local = F.linear(h, self.lm_head_shard)
+        if self.comm == "none":
+            return local
+        return self.ctx.gather_last(local)[..., :self.lm_head.shape[0]]
 
     @torch.no_grad()
     def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int,
@@ -247,28 +241,10 @@ class TPTransformer(nn.Module):
         return torch.cat(tokens, 1), logits
 
 
-def _fuse(block: dict) -> dict:
-    """q/k/v and gate/up as one matrix each: one matmul launch instead of three (two) when decoding."""
-    def cat(*names: str) -> Optional[torch.Tensor]:
-        parts = [block.pop(n) for n in names]
-        return None if parts[0] is None else torch.cat(parts)
-
-    qkv_w, qkv_b = cat("q_w", "k_w", "v_w"), cat("q_b", "k_b", "v_b")
-    gate_up_w, gate_up_b = cat("gate_w", "up_w"), cat("gate_b", "up_b")
-    return dict(block, qkv_w=qkv_w, qkv_b=qkv_b, gate_up_w=gate_up_w, gate_up_b=gate_up_b)
-
-
-def _full_shapes(config) -> dict[str, tuple[int, ...]]:
-    d, inter = config.hidden_size, config.intermediate_size
-    hd = getattr(config, "head_dim", None) or d // config.num_attention_heads
-    q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
-    shapes = {"input_norm": (d,), "post_norm": (d,), "q_w": (q, d), "k_w": (kv, d), "v_w": (kv, d),
-              "o_w": (d, q), "gate_w": (inter, d), "up_w": (inter, d), "down_w": (d, inter)}
-    if getattr(config, "attention_bias", False):
-        shapes.update(q_b=(q,), k_b=(kv,), v_b=(kv,), o_b=(d,))
-    if getattr(config, "mlp_bias", False):
-        shapes.update(gate_b=(inter,), up_b=(inter,), down_b=(d,))
-    return shapes
+def check_lm_head(mode: str) -> str:
+    if mode not in LM_HEAD_MODES:
+        raise ValueError(f"lm_head mode {mode!r} is not known. Fix: one of {', '.join(LM_HEAD_MODES)}")
+    return mode
 
 
 def _rope_table(config, max_seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,6 +34,15 @@ class TPContext:
         # The functional collective traces under torch.compile and captures in a CUDA graph.
         return funcol.all_reduce(total, "sum", self.group)
 
+    def gather_last(self, x: torch.Tensor) -> torch.Tensor:
+        """Every rank's x side by side along the last dimension, in rank order (the split lm_head)."""
+        if self.world_size == 1:
+            return x
+        gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor  # renamed in torch 2.12
+        pieces = funcol.wait_tensor(gather(x.contiguous(), 0, self.group))
+        pieces = pieces.view(self.world_size, *x.shape)
+        return pieces.movedim(0, -2).reshape(*x.shape[:-1], -1)
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0

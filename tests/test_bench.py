@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from spd_ref import bench
 from spd_ref.launch import launch
@@ -70,6 +71,30 @@ def test_one_process_measures_only_the_baseline(tmp_path) -> None:
     assert rows[0]["tp"] == 1 and rows[0]["spd_ratio"] == 0 and rows[0]["sync_points_per_token"] == 0
 
 
+def test_shard_of_times_one_shard_without_communication(tmp_path) -> None:
+    """--shard-of 4: one process holds rank 0's quarter of the model and measures only the floor."""
+    out = tmp_path / "shard.jsonl"
+    code = bench.cli(["--shape", "tiny", "--batch", "1", "--prompt-lens", "4", "--ctx", "8", "--shard-of", "4",
+                      "--lm-head", "replicated", "--repeats", "2", "--warmup", "1", "--prefill-repeats", "1",
+                      "--out", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert code == 0 and [r["kind"] for r in rows] == ["prefill", "decode"]
+    for r in rows:
+        assert r["tp"] == 4 and r["shard_proxy"] is True and r["no_comm"] is True and r["spd_ratio"] is None
+        assert r["lm_head"] == "replicated" and r["gpu_count"] == 0 and r["sync_points_per_token"] == 0
+
+
+def test_shard_of_needs_one_process() -> None:
+    from spd_ref.tp import TPContext
+
+    alone, pair = (TPContext(0, n, 0, torch.device("cpu"), None) for n in (1, 2))
+    assert bench.shard_context(alone, 4).world_size == 4 and bench.shard_context(alone, 4).group is None
+    with pytest.raises(ValueError, match="one process"):
+        bench.shard_context(pair, 4)
+    with pytest.raises(ValueError, match="at least 1"):
+        bench.shard_context(alone, 0)
+
+
 # ---- 2 gloo processes ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tp2_rows(tmp_path_factory):
@@ -99,6 +124,7 @@ def test_rows_are_well_formed(tp2_rows) -> None:
             assert r["bytes"] in (4096, 65536) and r["busbw_gbps"] > 0 and r["ranks_agree"] is True
         else:
             assert r["shape"] == "tiny" and r["layers"] == 4 and r["hidden"] == 64 and r["bytes"] is None
+            assert r["lm_head"] == "split" and r["shard_proxy"] is None and r["compile_mode"] is None
 
 
 @pytest.mark.slow

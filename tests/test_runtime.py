@@ -45,14 +45,17 @@ def test_single_process_runtime_matches_simulated(blocks):
     assert_same(got, got_tokens[0].tolist(), prefill, steps, tokens)
 
 
-@pytest.mark.parametrize("n, blocks", [(2, []), (2, [0, 2]), (4, []), (4, [1, 2])])
-def test_torchrun_matches_simulated_random_model(tiny_model_dir, tmp_path, n, blocks):
+@pytest.mark.parametrize("n, blocks, speed_flags", [
+    (2, [], []), (2, [0, 2], ["--lm-head", "replicated"]), (4, [], ["--lm-head", "replicated"]),
+    (4, [1, 2], ["--compile"])])
+def test_torchrun_matches_simulated_random_model(tiny_model_dir, tmp_path, n, blocks, speed_flags):
+    """Also: the lm_head modes (split by vocabulary, padded here; replicated) give the same logits."""
     model, tok = load_model(str(tiny_model_dir))
     ids = torch.tensor([[5, 77, 1000, 31, 2024, 9, 400, 123, 7]])
     out = tmp_path / "logits.pt"
     torchrun(n, ["generate", "--model", str(tiny_model_dir), "--prompt-ids", ",".join(map(str, ids[0].tolist())),
                  "--max-new-tokens", str(STEPS), "--spd-blocks", ",".join(map(str, blocks)),
-                 "--save-logits", str(out), "--tp", str(n)])
+                 "--save-logits", str(out), "--tp", str(n), *speed_flags])
     saved = torch.load(out)
     assert saved["tp"] == n and saved["sync_points_per_token"] == 2 * 3 - len(blocks)
     assert_same(saved["logits"], saved["tokens"], *simulated_logits(model, ids, n, blocks))
@@ -83,3 +86,13 @@ def test_generate_errors_are_clear():
     assert done.returncode == 2 and "no torchrun environment" in done.stderr and "--nproc-per-node 4" in done.stderr
     done = run_cli("generate", "--model", "smollm2", "--spd-blocks", "3,99", "--max-new-tokens", "1")
     assert done.returncode == 2 and "99 is out of range" in done.stderr
+
+
+def test_vocab_shards_cover_the_head_once():
+    from spd_ref.shards import vocab_shard
+
+    head = torch.randn(10, 3)
+    for world in (1, 2, 3, 4):
+        shards = [vocab_shard(head, r, world) for r in range(world)]
+        assert len({s.shape for s in shards}) == 1  # equal pieces for the all-gather
+        assert torch.equal(torch.cat(shards)[:10], head) and not torch.cat(shards)[10:].any()
