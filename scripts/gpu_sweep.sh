@@ -7,6 +7,7 @@
 #   bash scripts/gpu_sweep.sh peer   # 7B TP 4 ours beside transformers tp_plan, same machine and call
 #   bash scripts/gpu_sweep.sh tune   # 7B TP 4 and 1: torch.compile default against max-autotune
 #   bash scripts/gpu_sweep.sh head   # 2 GPUs: split vs replicated lm_head, compile mode; TP 2, 1 and a TP-4 shard
+#   bash scripts/gpu_sweep.sh d      # 2 GPUs, current defaults: 7B TP 2 (on, off), TP 1, TP-4 shard floor
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -147,6 +148,16 @@ case "$PHASE" in
     step tp1-autotune 90 --nproc 1 "${T[@]}" "${A[@]}"
     step tp2-replicated-autotune 120 --nproc 2 --p2p on "${T[@]}" --lm-head replicated "${A[@]}"
     ;;
+  d)
+    # Two GPUs, bench's current defaults (max-autotune, split lm_head): 7B at TP 2 (P2P on, off) with
+    # the all-reduce microbenchmark, TP 1, and the TP-4 floor on one GPU (--shard-of 4), batch 1, 16.
+    D=(bench --shape llama2-7b --ctx 512 --batch 1,16 --prompt-lens 128 --spd-ratios 0,0.25,0.5,0.75,1
+       --prefill-ratios 0,1 --no-comm --repeats 100 --warmup 10 --prefill-repeats 3 --out "$JSONL" --tag sweep-d)
+    step tp2-p2p-on 200 --nproc 2 --p2p on "${D[@]}" --allreduce
+    step tp2-p2p-off 150 --nproc 2 --p2p off "${D[@]}" --allreduce
+    step tp1 100 --nproc 1 "${D[@]}"
+    step shard4 100 --nproc 1 "${D[@]}" --shard-of 4
+    ;;
   smoke)
     # 2-layer models: every code path (compiled + graphs, eager + graphs, GQA, P2P off, the peer) and
     # the compile time of one block (compile_s in the rows), in about 3 minutes.
@@ -160,6 +171,6 @@ case "$PHASE" in
       --out "$JSONL" --tag smoke
     ;;
   *)
-    echo "unknown phase $PHASE: use a, b, c, peer, tune, head or smoke"; exit 2 ;;
+    echo "unknown phase $PHASE: use a, b, c, d, peer, tune, head or smoke"; exit 2 ;;
 esac
 finish
