@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere, no install needed
 
-from spd_ref.commcost import fit_rows, load_rows, print_table, saving_table  # noqa: E402
+from spd_ref.commcost import fit_rows, load_rows, print_section, saving_table  # noqa: E402
 
 # (description, check(table) -> (value, passed)); 7B, batch 1, ctx 512, compiled, H100 NVLink.
 TARGETS = [
@@ -83,23 +83,20 @@ def main(argv: list[str]) -> int:
     if not rows:
         print("sweep_summary: no rows")
         return 1
-    fits = fit_rows(rows)
-    if fits:
-        print("all-reduce alpha-beta fits (commcost):")
-        print_table([dict(tp=k[0], p2p=k[1], alpha_us=m.alpha_ms * 1e3, busbw_gbps=m.busbw_gbps)
-                     for k, m in fits.items()], [("tp", ""), ("p2p", ""), ("alpha_us", ".1f"), ("busbw_gbps", ".1f")])
-    pre = prefill_lines(rows)
-    if pre:
-        print("\nprefill ms (eager blocks in a CUDA graph):")
-        print_table(pre, [("shape", ""), ("tp", ""), ("p2p", ""), ("batch", ""), ("prompt", ""), ("base", ".2f"),
-                          ("spd100", ".2f"), ("floor", ".2f"), ("saving", ".1%")])
+    print_section("all-reduce alpha-beta fits (commcost):",
+                  [dict(tp=k[0], p2p=k[1], alpha_us=m.alpha_ms * 1e3, busbw_gbps=m.busbw_gbps)
+                   for k, m in fit_rows(rows).items()],
+                  [("tp", ""), ("p2p", ""), ("alpha_us", ".1f"), ("busbw_gbps", ".1f")])
+    print_section("\nprefill ms (eager blocks in a CUDA graph):", prefill_lines(rows),
+                  [("shape", ""), ("tp", ""), ("p2p", ""), ("batch", ""), ("prompt", ""), ("base", ".2f"),
+                   ("spd100", ".2f"), ("floor", ".2f"), ("saving", ".1%")])
     lines = compact(rows)
+    print_section("\ndecode ms/token, ctx as measured (median); eff_ar: vs microbenchmark all-reduces, "
+                  "eff_floor: vs (baseline - floor) share:", lines,
+                  [("shape", ""), ("tp", ""), ("p2p", ""), ("batch", ""), ("compiled", ""), ("base", ".3f"),
+                   ("spd100", ".3f"), ("floor", ".3f"), ("saving", ".1%"), ("comm_share", ".0%"),
+                   ("eff_ar", ".2f"), ("eff_floor", ".2f"), ("peer", ".3f")])
     if lines:
-        print("\ndecode ms/token, ctx as measured (median); eff_ar: vs microbenchmark all-reduces, "
-              "eff_floor: vs (baseline - floor) share:")
-        print_table(lines, [("shape", ""), ("tp", ""), ("p2p", ""), ("batch", ""), ("compiled", ""), ("base", ".3f"),
-                            ("spd100", ".3f"), ("floor", ".3f"), ("saving", ".1%"), ("comm_share", ".0%"),
-                            ("eff_ar", ".2f"), ("eff_floor", ".2f"), ("peer", ".3f")])
         print("\ntargets (7B, batch 1, compiled + CUDA graph):")
         print("\n".join(check_targets(lines)))
     return 0

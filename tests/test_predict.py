@@ -1,5 +1,6 @@
-"""spd_ref.predict and spd_ref.latency_report: the fits recover known parameters, predictions are
-flagged, and on the recorded 4 x H100 rows the extrapolation is as accurate as results/predictions says."""
+"""spd_ref.predict (with spd_ref.floorfit) and spd_ref.latency_report: the fits recover known parameters,
+predictions are flagged, and on the recorded 4 x H100 rows the extrapolation is as accurate as
+results/predictions says."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from spd_ref import commcost as C
+from spd_ref import floorfit as F
 from spd_ref import latency_report as R
 from spd_ref import predict as P
 
@@ -29,20 +31,20 @@ def tp8(rows) -> list[dict]:
 
 # ---- fits on synthetic data -----------------------------------------------------------------------
 def test_floor_fit_recovers_a_plus_b_over_n() -> None:
-    fit = P.fit_floor([1, 2, 4, 8], [1.3 + 4.4 / n for n in (1, 2, 4, 8)])
+    fit = F.fit_floor([1, 2, 4, 8], [1.3 + 4.4 / n for n in (1, 2, 4, 8)])
     assert fit.a_ms == pytest.approx(1.3, rel=1e-9) and fit.b_ms == pytest.approx(4.4, rel=1e-9)
     assert fit.at(16) == pytest.approx(1.3 + 4.4 / 16) and fit.tps == (1, 2, 4, 8)
     rng = np.random.default_rng(0)  # 1% noise on three points: a within 10%, b within 3%
-    noisy = P.fit_floor([1, 2, 4], [(2.0 + 8.0 / n) * (1 + 0.01 * rng.standard_normal()) for n in (1, 2, 4)])
+    noisy = F.fit_floor([1, 2, 4], [(2.0 + 8.0 / n) * (1 + 0.01 * rng.standard_normal()) for n in (1, 2, 4)])
     assert noisy.a_ms == pytest.approx(2.0, rel=0.10) and noisy.b_ms == pytest.approx(8.0, rel=0.03)
     with pytest.raises(ValueError, match="2 or more TP degrees"):
-        P.fit_floor([4, 4], [1.0, 1.1])
+        F.fit_floor([4, 4], [1.0, 1.1])
 
 
 def test_one_tp_shape_is_split_with_the_per_block_overhead_of_fitted_shapes() -> None:
     floors = {("s32", 1): dict(layers=32, points={n: 32 * 0.04 + 4.0 / n for n in (1, 2, 4)}),
               ("s80", 1): dict(layers=80, points={4: 15.0})}
-    fits = P.floor_fits(floors)
+    fits = F.floor_fits(floors)
     assert fits[("s32", 1)].a_ms == pytest.approx(1.28)
     big = fits[("s80", 1)]
     assert big.a_ms == pytest.approx(80 * 0.04) and big.at(4) == pytest.approx(15.0) and big.tps == (4,)

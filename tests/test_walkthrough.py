@@ -6,7 +6,7 @@ import nbformat
 import pytest
 import torch
 
-from spd_ref import walkthrough
+from spd_ref import walkthrough, walkthrough_block
 from spd_ref.block import BlockMode
 from spd_ref.walkthrough import (DecodeCostModel, block_output, block_pieces, random_llama,
                                  wrong_spd_bias_on_every_rank, wrong_spd_residual_on_every_rank)
@@ -50,7 +50,7 @@ def test_spd_at_one_rank_is_exact_and_not_at_more(model, ids):
 def test_residual_pitfall_is_spd_plus_n_minus_1_x(model, ids, n):
     p = block_pieces(model, ids, block=1, tp_degree=n)
     spd = block_output(p, BlockMode.SPD)
-    assert (walkthrough._spd_with_pitfalls(p, False, False) - spd).abs().max() <= TOL  # flags off: SPD
+    assert (walkthrough_block._spd_with_pitfalls(p, False, False) - spd).abs().max() <= TOL  # flags off: SPD
     assert (wrong_spd_residual_on_every_rank(p) - spd - (n - 1) * p.x).abs().max() <= TOL
 
 
@@ -142,6 +142,8 @@ def test_cost_figures_and_widget():
     widget = walkthrough.cost_explorer(model, 20)
     assert [c.description for c in widget.children[:-1]] == ["TP degree", "bus GB/s", "alpha (us)", "batch",
                                                                "SPD ratio"]
+    bus = widget.children[1]  # the default log step (0.1) snapped 300 to 10^2.5 and showed "316"
+    assert (bus.value, bus.step, bus.readout_format) == (300, 0.001, ".0f")
 
 
 # ---- the notebooks themselves -------------------------------------------------------------------
