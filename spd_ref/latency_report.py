@@ -46,8 +46,8 @@ def current_rows(rows: Iterable[dict]) -> list[dict]:
     runs: dict[tuple, dict[tuple, list]] = defaultdict(lambda: defaultdict(list))
     out = []
     for r in rows:
-        if (r.get("tag") or "").startswith(EXPERIMENT_TAGS):
-            continue
+        if (r.get("tag") or "").startswith(EXPERIMENT_TAGS) or r.get("shard_proxy"):
+            continue  # experiments, and one-GPU shard floors (not a TP run), are reported apart
         if r.get("kind") == "allreduce":
             out.append(r)
         else:
