@@ -242,7 +242,8 @@ def parser() -> argparse.ArgumentParser:
       help="torch.compile mode of the decode blocks [ours: max-autotune, 5-10%% faster on H100 than "
            "'default', which compiles in a third of the time]; CUDA graphs are ours either way")
     a("--lm-head", choices=LM_HEAD_MODES, default=DEFAULT_LM_HEAD,
-      help="split: vocab-parallel lm_head + one all-gather; replicated: every rank the whole head [ours]")
+      help="[ours: split] split = vocab-parallel lm_head + one all-gather of the logits; "
+           "replicated = every rank reads the whole head, no collective")
     a("--shard-of", type=int, default=1, metavar="N",
       help="one process, no torchrun: time rank 0's shard of a TP-N model with no communication "
            "(the per-GPU compute of TP N on one GPU; floor rows only, shard_proxy=true)")

@@ -7,7 +7,8 @@
 transformers loads a model with TP only from a checkpoint, so random weights are first saved once
 (bf16 safetensors, `--make-checkpoint`). Under torchrun each process then loads it with
 `from_pretrained(path, tp_plan="auto", dtype=bfloat16)`: LLaMA's plan splits q/k/v/gate/up by columns
-and o/down by rows (two all-reduces per block, as ours), embedding and lm_head replicated.
+and o/down by rows (two all-reduces per block, as ours), embedding and lm_head replicated (ours
+was too in the recorded comparison, results/h100; ours now splits the head: `bench --lm-head`).
 
 Decode is timed like `spd_ref.bench`: a StaticCache of ctx + 1 positions filled by a prefill of ctx
 random tokens, then one-token steps at position ctx, CUDA events around each step, median and p90.
