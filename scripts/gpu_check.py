@@ -4,7 +4,8 @@
 
 Every rank builds the same random model (seeded, on the CPU) and runs its shard through the runtime
 (spd_ref.model, one all-reduce per sync point); rank 0 also runs the simulated model (spd_ref.hf) on its GPU. Compared: prefill logits and 8 greedy decode steps, without SPD and with SPD on half the
-blocks, in fp32 and bf16; eager and with the compiled block function. Decode steps are teacher-forced
+blocks, in fp32 and bf16; eager (split and replicated lm_head) and with the compiled block function
+(torch.compile modes default and max-autotune). Decode steps are teacher-forced
 with the reference's tokens (random weights give near-tied logits, where bf16 rounding may flip an
 argmax). Works on CPUs with gloo too.
 """
@@ -76,14 +77,20 @@ def main() -> None:
         for blocks in ([], list(range(0, args.layers, 2))):
             ref = simulated(model, ids.to(ctx.device), ctx.world_size, blocks)
             # The latency sweep runs compiled bf16 blocks: check that path, and fp32 eager for exactness.
-            for compiled in (False, True) if dtype == torch.bfloat16 else (False,):
+            # (compile mode, lm_head): eager with both heads; compiled in both modes (bench's is max-autotune).
+            variants = [(None, "split"), (None, "replicated")]
+            if dtype == torch.bfloat16:
+                variants += [("default", "split"), ("max-autotune-no-cudagraphs", "split")]
+            for mode, head in variants:
                 rt = TPTransformer.from_hf(config, model.state_dict(), ctx, dtype)
                 rt.set_spd_blocks(blocks)
-                if compiled:
-                    rt.compile_blocks()
+                rt.lm_head_mode = head
+                if mode:
+                    rt.compile_blocks(**({} if mode == "default" else {"mode": mode}))
                 tokens, logits = rt.generate(ids, STEPS, forced_tokens=torch.tensor([ref[1]]))
                 if ctx.is_main:
-                    row = {"dtype": str(dtype).split(".")[-1], "spd_blocks": blocks, "compiled": compiled,
+                    row = {"dtype": str(dtype).split(".")[-1], "spd_blocks": blocks, "compiled": mode is not None,
+                           "compile_mode": mode, "lm_head": head,
                            "tokens_equal": tokens[0].tolist() == ref[1], **compare(logits, ref[0])}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
