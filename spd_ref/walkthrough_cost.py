@@ -36,12 +36,15 @@ def live_allreduce(nproc: int = 2, sizes: str = "1K,4K,16K,64K,256K,1M,4M", time
 
 
 def load_recorded(results_dir: Path = REFERENCE.parent / "h100") -> tuple[list[dict], str]:
-    """(rows, where they came from): GPU all-reduce/decode rows of the 4 x H100 record
-    (results/h100/**/*.jsonl; one-GPU shard floors left out: they are no TP run), or, while none
-    are recorded yet, the reference table of RESOURCES.md (results/reference_h100.json)."""
+    """(rows, where they came from): the current GPU all-reduce/decode rows of the 4 x H100 record
+    (results/h100/**/*.jsonl as its table counts them: `latency_report.current_rows`, one run per
+    setting, no experiments or one-GPU shard floors), or, while none are recorded yet, the
+    reference table of RESOURCES.md (results/reference_h100.json)."""
+    from .latency_report import current_rows
+
     files = sorted(Path(results_dir).rglob("*.jsonl"))
-    rows = [r for r in load_rows(str(f) for f in files) if r.get("kind") in ("allreduce", "decode")
-            and r.get("gpu") not in (None, "cpu") and not r.get("shard_proxy")]
+    rows = current_rows(r for r in load_rows(str(f) for f in files)
+                        if r.get("kind") in ("allreduce", "decode") and r.get("gpu") not in (None, "cpu"))
     if rows:
         return rows, f"{len(rows)} GPU rows from {', '.join(str(f.relative_to(results_dir)) for f in files)}"
     reference = json.loads(REFERENCE.read_text())

@@ -105,9 +105,10 @@ def test_reference_file_matches_resources_table():
 def test_load_recorded_prefers_gpu_rows(tmp_path):
     rows, source = walkthrough.load_recorded(tmp_path)
     assert "RESOURCES.md" in source and rows
-    gpu = dict(kind="decode", gpu="NVIDIA H100", shape="x")
+    gpu = dict(kind="decode", gpu="NVIDIA H100", shape="x", tp=2, p2p=True, batch=1, ctx=8, tag="t")
+    experiment = dict(gpu, tag="tune-default", batch=2)  # experiments are not the record's rows
     (tmp_path / "gpu").mkdir()
-    (tmp_path / "gpu" / "a.jsonl").write_text(json.dumps(gpu) + "\n" + json.dumps(dict(gpu, gpu="cpu")) + "\n")
+    (tmp_path / "gpu" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (gpu, dict(gpu, gpu="cpu"), experiment)))
     rows, source = walkthrough.load_recorded(tmp_path)
     assert rows == [gpu] and "gpu/a.jsonl" in source
 
