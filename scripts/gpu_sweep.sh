@@ -8,6 +8,7 @@
 #   bash scripts/gpu_sweep.sh tune   # 7B TP 4 and 1: torch.compile default against max-autotune
 #   bash scripts/gpu_sweep.sh head   # 2 GPUs: split vs replicated lm_head, compile mode; TP 2, 1 and a TP-4 shard
 #   bash scripts/gpu_sweep.sh d      # 2 GPUs, current defaults: 7B TP 2 (on, off), TP 1, TP-4 shard floor
+#   bash scripts/gpu_sweep.sh e      # 4 GPUs, current defaults: 7B TP 4 (on, off), TP 1, the peer (issue 5's TP 4 check)
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -48,6 +49,10 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 BENCH=(bench --ctx 512 --batch 1,16 --prompt-lens 128,2048 --spd-ratios 0,0.25,0.5,0.75,1
        --prefill-ratios 0,1 --no-comm --repeats 100 --warmup 10 --prefill-repeats 3
        --out "$JSONL" --tag "sweep-$PHASE" ${BENCH_EXTRA:-})
+# The 7B sweep with bench's current defaults (max-autotune, split lm_head), prompts of 128 only
+# (phases d and e: they must fit one call with max-autotune's longer compiles).
+CUR=(bench --shape llama2-7b --ctx 512 --batch 1,16 --prompt-lens 128 --spd-ratios 0,0.25,0.5,0.75,1
+     --prefill-ratios 0,1 --no-comm --repeats 100 --warmup 10 --prefill-repeats 3 --out "$JSONL" --tag "sweep-$PHASE")
 PEER_DIR=${PEER_DIR:-/tmp/spd_ref_peer_llama2-7b}
 # PYTHON: the interpreter (python3 there; this repo's .venv/bin/python to try the smoke phase on a CPU).
 PYTHON=${PYTHON:-python3}
@@ -151,12 +156,23 @@ case "$PHASE" in
   d)
     # Two GPUs, bench's current defaults (max-autotune, split lm_head): 7B at TP 2 (P2P on, off) with
     # the all-reduce microbenchmark, TP 1, and the TP-4 floor on one GPU (--shard-of 4), batch 1, 16.
-    D=(bench --shape llama2-7b --ctx 512 --batch 1,16 --prompt-lens 128 --spd-ratios 0,0.25,0.5,0.75,1
-       --prefill-ratios 0,1 --no-comm --repeats 100 --warmup 10 --prefill-repeats 3 --out "$JSONL" --tag sweep-d)
-    step tp2-p2p-on 200 --nproc 2 --p2p on "${D[@]}" --allreduce
-    step tp2-p2p-off 150 --nproc 2 --p2p off "${D[@]}" --allreduce
-    step tp1 100 --nproc 1 "${D[@]}"
-    step shard4 100 --nproc 1 "${D[@]}" --shard-of 4
+    step tp2-p2p-on 200 --nproc 2 --p2p on "${CUR[@]}" --allreduce
+    step tp2-p2p-off 150 --nproc 2 --p2p off "${CUR[@]}" --allreduce
+    step tp1 100 --nproc 1 "${CUR[@]}"
+    step shard4 100 --nproc 1 "${CUR[@]}" --shard-of 4
+    ;;
+  e)
+    # Four GPUs, bench's current defaults: 7B at TP 4 (P2P on, off) with the all-reduce
+    # microbenchmark, TP 1, then the peer (transformers tp_plan) at TP 4 in the same call. This is
+    # the run that checks issue 5's TP 4 target with the current code.
+    step tp4-p2p-on 200 --nproc 4 --p2p on "${CUR[@]}" --allreduce
+    step tp4-p2p-off 120 --nproc 4 --p2p off "${CUR[@]}"
+    step tp1 90 --nproc 1 "${CUR[@]}"
+    echo "=== peer checkpoint: $PEER_DIR"
+    timeout 240 "$PYTHON" -m spd_ref.peer --make-checkpoint --shape llama2-7b --checkpoint "$PEER_DIR"
+    step peer-tp4 150 --nproc 4 --p2p on --module spd_ref.peer --shape llama2-7b --checkpoint "$PEER_DIR" \
+      --batch 1 --ctx 512 --compile try --compile-batches 1 --repeats 50 --warmup 5 \
+      --out "$JSONL" --tag "sweep-$PHASE"
     ;;
   smoke)
     # 2-layer models: every code path (compiled + graphs, eager + graphs, GQA, P2P off, the peer) and
@@ -171,6 +187,6 @@ case "$PHASE" in
       --out "$JSONL" --tag smoke
     ;;
   *)
-    echo "unknown phase $PHASE: use a, b, c, d, peer, tune, head or smoke"; exit 2 ;;
+    echo "unknown phase $PHASE: use a, b, c, d, e, peer, tune, head or smoke"; exit 2 ;;
 esac
 finish
