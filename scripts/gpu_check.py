@@ -3,11 +3,12 @@
     torchrun --standalone --nproc-per-node 4 scripts/gpu_check.py --out results/gpu_check_tp4.json
 
 Every rank builds the same random model (seeded, on the CPU) and runs its shard through the runtime
-(spd_ref.model, one all-reduce per sync point); rank 0 also runs the simulated model (spd_ref.hf) on its GPU. Compared: prefill logits and 8 greedy decode steps, without SPD and with SPD on half the
-blocks, in fp32 and bf16; eager (split and replicated lm_head) and with the compiled block function
-(torch.compile modes default and max-autotune). Decode steps are teacher-forced
-with the reference's tokens (random weights give near-tied logits, where bf16 rounding may flip an
-argmax). Works on CPUs with gloo too.
+(spd_ref.model, one all-reduce per sync point); every rank also runs the simulated model
+(spd_ref.hf) on its GPU, the reference, and rank 0 compares. Compared: prefill logits and 8 greedy
+decode steps, without SPD and with SPD on half the blocks, in fp32 and bf16; eager (split and
+replicated lm_head) and with the compiled block function (torch.compile modes default and
+max-autotune). Decode steps are teacher-forced with the reference's tokens (random weights give
+near-tied logits, where bf16 rounding may flip an argmax). Works on CPUs with gloo too.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from spd_ref.hf import apply_tp, remove_tp  # noqa: E402
 from spd_ref.model import TPTransformer  # noqa: E402
 from spd_ref.tp import init_distributed  # noqa: E402
-from spd_ref.bench import run_metadata  # noqa: E402
+from spd_ref.results_schema import run_metadata  # noqa: E402
 
 STEPS = 8
 

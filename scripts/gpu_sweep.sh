@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole latency sweep on one 4 x H100 machine, in two phases of under 10 minutes each.
+# The latency sweeps on H100 machines (4 GPUs unless a phase says 2), each phase one call of under
+# 10 minutes.
 #
 #   bash scripts/gpu_sweep.sh a      # TP 4 (P2P on, off) for 7B, 13B, 70B; TP 1 for 7B, 13B
 #   bash scripts/gpu_sweep.sh b      # TP 2 (P2P on, off) for 7B, 13B; peer: transformers tp_plan, TP 4, 7B
@@ -19,9 +20,9 @@
 # If the first step of a phase fails without writing a row, the phase stops there (a code bug,
 # not worth the device time of the rest).
 #
-# Phases a, b, c, peer and the committed results/h100 rows of them ran before bench's defaults became
-# --compile-mode max-autotune-no-cudagraphs and --lm-head split: to repeat them as they ran, use
-# BENCH_EXTRA="--compile-mode default --lm-head replicated".
+# Phases a, b, c, peer and tune (results/h100) ran before bench's defaults became --compile-mode
+# max-autotune-no-cudagraphs and --lm-head split: to repeat them as they ran, use
+# BENCH_EXTRA="--compile-mode default --lm-head replicated" (tune sets its compile modes itself).
 # BENCH_EXTRA adds bench flags to every bench step (e.g. BENCH_EXTRA=--eager if compiling fails there).
 # NCCL settings of the machine are left alone (NVLink multicast stays off); `--p2p off` only sets
 # NCCL_P2P_DISABLE=1 for that step.
@@ -51,8 +52,7 @@ BENCH=(bench --ctx 512 --batch 1,16 --prompt-lens 128,2048 --spd-ratios 0,0.25,0
        --out "$JSONL" --tag "sweep-$PHASE" ${BENCH_EXTRA:-})
 # The 7B sweep with bench's current defaults (max-autotune, split lm_head), prompts of 128 only
 # (phases d and e: they must fit one call with max-autotune's longer compiles).
-CUR=(bench --shape llama2-7b --ctx 512 --batch 1,16 --prompt-lens 128 --spd-ratios 0,0.25,0.5,0.75,1
-     --prefill-ratios 0,1 --no-comm --repeats 100 --warmup 10 --prefill-repeats 3 --out "$JSONL" --tag "sweep-$PHASE")
+CUR=("${BENCH[@]}" --shape llama2-7b --prompt-lens 128)
 PEER_DIR=${PEER_DIR:-/tmp/spd_ref_peer_llama2-7b}
 # PYTHON: the interpreter (python3 there; this repo's .venv/bin/python to try the smoke phase on a CPU).
 PYTHON=${PYTHON:-python3}

@@ -13,14 +13,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from spd_ref.bench import llama_config, shard_context  # noqa: E402
-from spd_ref.model import TPTransformer  # noqa: E402
+from spd_ref.model import LM_HEAD_MODES, TPTransformer  # noqa: E402
 from spd_ref.tp import init_distributed  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--layers", type=int, default=8)
 ap.add_argument("--ctx", type=int, default=512)
 ap.add_argument("--shard-of", type=int, default=1)
-ap.add_argument("--lm-head", choices=("split", "replicated"), default="split")
+ap.add_argument("--lm-head", choices=LM_HEAD_MODES, default="split")
 ap.add_argument("--out", required=True)
 args = ap.parse_args()
 ctx = shard_context(init_distributed(), args.shard_of)

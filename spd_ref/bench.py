@@ -48,7 +48,7 @@ from typing import Callable, Optional
 import torch
 
 from .allreduce_bench import DEFAULT_AR_SIZES, bench_allreduce
-from .model import DEFAULT_LM_HEAD, LM_HEAD_MODES
+from .model import DEFAULT_LM_HEAD, LM_HEAD_MODES, TPTransformer
 from .results_schema import ROW_FIELDS, RowWriter, make_row, run_metadata  # noqa: F401 (re-exported)
 from .tp import TPContext
 from .timing import finish_process, graphed, ranks_agree, run_then_exit, summarize, time_calls  # noqa: F401
@@ -143,8 +143,7 @@ def bench_model(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> 
     cfg, dev = model.config, ctx.device
     gen = torch.Generator(device=dev).manual_seed(args.seed)
     base = dict(impl="spd_ref", shape=shape, layers=cfg.num_hidden_layers, hidden=cfg.hidden_size,
-                cuda_graph=dev.type == "cuda", tag=args.tag,
-                lm_head=model.lm_head_mode)
+                cuda_graph=dev.type == "cuda", tag=args.tag, lm_head=model.lm_head_mode)
 
     def row(kind: str, ratio: Optional[float], blocks: list[int], times: list[float], **kw) -> dict:
         med, p90 = summarize(times)
@@ -194,8 +193,6 @@ def bench_model(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> 
 
 def build_model(ctx, shape: str, args):
     """(model, label): random weights of a named shape, or a checkpoint folder with --model."""
-    from .model import TPTransformer
-
     dtype = DTYPES[args.dtype]
     if args.model:
         from transformers import AutoConfig
@@ -212,12 +209,11 @@ def build_model(ctx, shape: str, args):
         state = {}
         for f in files:
             state.update(load_file(str(f)))
-        model = TPTransformer.from_hf(config, state, ctx, dtype)
-        model.lm_head_mode = args.lm_head
-        return model, folder.name
-    model = TPTransformer.random(llama_config(shape, args.layers), ctx, dtype, seed=args.seed)
+        model, label = TPTransformer.from_hf(config, state, ctx, dtype), folder.name
+    else:
+        model, label = TPTransformer.random(llama_config(shape, args.layers), ctx, dtype, seed=args.seed), shape
     model.lm_head_mode = args.lm_head
-    return model, shape
+    return model, label
 
 
 # ---- command line --------------------------------------------------------------------------------
@@ -281,8 +277,6 @@ def run(args) -> list[dict]:
     dtype = DTYPES[args.dtype]
     writer = RowWriter(args.out, ctx.is_main)
     meta = run_metadata(ctx, dtype)
-    if args.shard_of > 1:
-        meta.update(gpu_count=int(ctx.device.type == "cuda"), shard_proxy=True)
     if ctx.is_main:
         print(f"bench: tp={ctx.world_size} p2p={meta['p2p']} on {meta['gpu']} torch {meta['torch']} "
               f"nccl {meta['nccl']} -> {args.out}", flush=True)

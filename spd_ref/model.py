@@ -27,7 +27,9 @@ from .shards import HF_NAMES, WEIGHTS, fuse_block, full_shapes, rank_slices, voc
 from .tp import TPContext
 
 LM_HEAD_MODES = ("split", "replicated")
-DEFAULT_LM_HEAD = "split"  # [ours] see the module docstring; measured in results/h100/README.md
+DEFAULT_LM_HEAD = "split"  # [ours] see the module docstring; measured in results/h100_x2/README.md
+
+
 def local_sum(partials: torch.Tensor) -> torch.Tensor:
     """The "no communication" sync: this rank's partials only (the latency floor, not a model)."""
     return partials.sum(0)
@@ -89,7 +91,7 @@ class TPTransformer(nn.Module):
         self._params = nn.ParameterList([p for b in self.blocks for p in b.values() if p is not None])
         self.embed, self.final_norm, self.lm_head = embed, final_norm, lm_head
         self.lm_head_shard = vocab_shard(lm_head, ctx.rank, ctx.world_size)
-        self.lm_head_mode = DEFAULT_LM_HEAD
+        self.lm_head_mode = DEFAULT_LM_HEAD  # checked by the setter below
         self.act, self.eps = ACT2FN[config.hidden_act], config.rms_norm_eps
         group = config.num_attention_heads // self.partition.num_kv_heads
         kv_of_q = [h // group - shard.kv_heads.start for h in shard.q_heads]
@@ -158,6 +160,17 @@ class TPTransformer(nn.Module):
         return cls(config, ctx, blocks, embed, norm, embed)
 
     # ---- configuration ------------------------------------------------------------------------
+    @property
+    def lm_head_mode(self) -> str:
+        """"split" (vocab-parallel head + one all-gather) or "replicated" (module docstring)."""
+        return self._lm_head_mode
+
+    @lm_head_mode.setter
+    def lm_head_mode(self, mode: str) -> None:
+        if mode not in LM_HEAD_MODES:
+            raise ValueError(f"lm_head mode {mode!r} is not known. Fix: one of {', '.join(LM_HEAD_MODES)}")
+        self._lm_head_mode = mode
+
     def set_spd_blocks(self, spd_blocks: Iterable[int], mode: BlockMode = BlockMode.SPD) -> None:
         chosen = validate_blocks(spd_blocks, len(self.blocks))
         self.block_modes = [mode if i in chosen else BlockMode.TP for i in range(len(self.blocks))]
@@ -213,7 +226,7 @@ class TPTransformer(nn.Module):
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         """(B, T, V) on every rank. Split head without communication (the floor): this rank's
         (B, T, ceil(V/N)) slice only, timing only."""
-        if check_lm_head(self.lm_head_mode) == "replicated" or self.ctx.world_size == 1:
+        if self.lm_head_mode == "replicated" or self.ctx.world_size == 1:
             return F.linear(h, self.lm_head)
         local = F.linear(h, self.lm_head_shard)
         if self.comm == "none":
@@ -239,12 +252,6 @@ class TPTransformer(nn.Module):
             logits.append(self(fed, torch.tensor([t + step], device=self.ctx.device)))
             tokens.append(logits[-1][:, -1].argmax(-1, keepdim=True))
         return torch.cat(tokens, 1), logits
-
-
-def check_lm_head(mode: str) -> str:
-    if mode not in LM_HEAD_MODES:
-        raise ValueError(f"lm_head mode {mode!r} is not known. Fix: one of {', '.join(LM_HEAD_MODES)}")
-    return mode
 
 
 def _rope_table(config, max_seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,9 +29,9 @@ from typing import Optional
 
 import torch
 
-from .bench import (DTYPES, RowWriter, llama_config, make_row, parse_list, ranks_agree,
-                    run_metadata, summarize, time_calls)
-from .timing import run_then_exit
+from .bench import DTYPES, llama_config, parse_list
+from .results_schema import RowWriter, make_row, run_metadata
+from .timing import ranks_agree, run_then_exit, summarize, time_calls
 
 IMPL = "transformers_tp_plan"
 

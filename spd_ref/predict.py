@@ -92,8 +92,8 @@ def in_model_kappa(rows: list[dict], p2p: bool, model: Callable[[int], C.AlphaBe
 
 
 def _row(**kw) -> dict:
-    """A bench row (every schema field; spd_ref.bench.make_row) plus the prediction's own fields."""
-    from .bench import ROW_FIELDS, make_row  # lazy: bench imports torch
+    """A bench row (every schema field; spd_ref.results_schema.make_row) plus the prediction's own fields."""
+    from .results_schema import ROW_FIELDS, make_row  # lazy: it imports torch
 
     extras = {k: kw.pop(k) for k in list(kw) if k not in ROW_FIELDS}
     return {**make_row({}, **kw), **extras}

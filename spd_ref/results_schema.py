@@ -9,16 +9,20 @@ from typing import Optional
 
 import torch
 
+
 def run_metadata(ctx, dtype: torch.dtype) -> dict:
-    """The fields every row carries: machine, software, interconnect setting."""
+    """The fields every row carries: machine, software, interconnect setting. A lone process that
+    plays one rank of N (bench --shard-of: no process group) is a shard proxy on one GPU."""
     cuda = ctx.device.type == "cuda"
+    shard_proxy = ctx.group is None and ctx.world_size > 1
     nccl = None
     if cuda:
         v = torch.cuda.nccl.version()
         nccl = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
     return {"tp": ctx.world_size, "p2p": os.environ.get("NCCL_P2P_DISABLE", "0") != "1",
             "gpu": torch.cuda.get_device_name(ctx.device) if cuda else "cpu",
-            "gpu_count": ctx.world_size if cuda else 0, "torch": torch.__version__, "nccl": nccl,
+            "gpu_count": (1 if shard_proxy else ctx.world_size) if cuda else 0,
+            "shard_proxy": True if shard_proxy else None, "torch": torch.__version__, "nccl": nccl,
             "cuda": torch.version.cuda if cuda else None,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "dtype": str(dtype).replace("torch.", "")}
@@ -27,7 +31,8 @@ def run_metadata(ctx, dtype: torch.dtype) -> dict:
 ROW_FIELDS = ("kind", "impl", "shape", "layers", "hidden", "tp", "p2p", "batch", "ctx", "prompt_len",
               "spd_ratio", "no_comm", "spd_blocks", "sync_points_per_token", "sync_bytes", "bytes",
               "compiled", "cuda_graph", "ms_median", "ms_p90", "repeats", "busbw_gbps", "ranks_agree",
-              "compile_s", "compile_mode", "lm_head", "shard_proxy", "gpu", "gpu_count", "torch", "nccl", "cuda", "date", "dtype", "tag")
+              "compile_s", "compile_mode", "lm_head", "shard_proxy", "gpu", "gpu_count", "torch", "nccl",
+              "cuda", "date", "dtype", "tag")
 
 
 def make_row(meta: dict, **fields) -> dict:

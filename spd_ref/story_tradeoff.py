@@ -24,11 +24,10 @@ RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
 def recorded_rows(folder: Path = RESULTS / "h100") -> list[dict]:
-    """Every measured TP row of results/h100/*.jsonl (no predictions, no one-GPU shard floors)."""
+    """Every measured row of results/h100/*.jsonl (never predictions)."""
     from .commcost import load_rows
 
-    return [r for r in load_rows(str(p) for p in sorted(Path(folder).glob("*.jsonl")))
-            if not r.get("prediction") and not r.get("shard_proxy")]
+    return [r for r in load_rows(str(p) for p in sorted(Path(folder).glob("*.jsonl"))) if not r.get("prediction")]
 
 
 def live_gpu_bench(nproc: int, timeout_s: float = 900) -> list[dict]:

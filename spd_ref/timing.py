@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
+
 def summarize(times_ms: list[float]) -> tuple[float, float]:
     """(median, p90) of a list of times."""
     ordered = sorted(times_ms)
@@ -86,7 +87,6 @@ def ranks_agree(ctx, tensor: torch.Tensor, rtol: float = 1e-3) -> Optional[bool]
     dist.all_reduce(hi, op=dist.ReduceOp.MAX, group=ctx.group)
     dist.all_reduce(lo, op=dist.ReduceOp.MAX, group=ctx.group)
     return bool(((hi + lo).abs() <= rtol * hi.abs().clamp_min(1e-6)).all())
-
 
 
 def finish_process(code: int) -> None:

@@ -96,3 +96,11 @@ def test_vocab_shards_cover_the_head_once():
         shards = [vocab_shard(head, r, world) for r in range(world)]
         assert len({s.shape for s in shards}) == 1  # equal pieces for the all-gather
         assert torch.equal(torch.cat(shards)[:10], head) and not torch.cat(shards)[10:].any()
+
+
+def test_lm_head_mode_is_checked_when_set():
+    rt = TPTransformer.random(tiny_config(), init_distributed(), torch.float32)
+    rt.lm_head_mode = "replicated"
+    with pytest.raises(ValueError, match="'vocab'.*split, replicated"):
+        rt.lm_head_mode = "vocab"
+    assert rt.lm_head_mode == "replicated"

@@ -108,7 +108,8 @@ def test_load_recorded_prefers_gpu_rows(tmp_path):
     gpu = dict(kind="decode", gpu="NVIDIA H100", shape="x", tp=2, p2p=True, batch=1, ctx=8, tag="t")
     experiment = dict(gpu, tag="tune-default", batch=2)  # experiments are not the record's rows
     (tmp_path / "gpu").mkdir()
-    (tmp_path / "gpu" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (gpu, dict(gpu, gpu="cpu"), experiment)))
+    lines = (json.dumps(r) + "\n" for r in (gpu, dict(gpu, gpu="cpu"), experiment))
+    (tmp_path / "gpu" / "a.jsonl").write_text("".join(lines))
     rows, source = walkthrough.load_recorded(tmp_path)
     assert rows == [gpu] and "gpu/a.jsonl" in source
 
