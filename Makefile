@@ -40,7 +40,7 @@ $(INSTALLED): requirements.txt pyproject.toml | $(PY)
 	touch $@
 
 $(MODEL): | $(INSTALLED)
-	TQDM_DISABLE=1 $(PY) -c "from spd_ref.assets import smollm2_path; smollm2_path()"
+	TQDM_DISABLE=1 $(PY) -c "from spd_ref.models import smollm2_path; smollm2_path()"
 
 setup: $(INSTALLED) $(MODEL)  ## create .venv, install the pins and spd_ref, fetch the offline model
 

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from spd_ref.hf import apply_tp, remove_tp  # noqa: E402
 from spd_ref.model import TPTransformer  # noqa: E402
 from spd_ref.tp import init_distributed  # noqa: E402
-from spd_ref.results_schema import run_metadata  # noqa: E402
+from spd_ref.latency.schema import run_metadata  # noqa: E402
 
 STEPS = 8
 

@@ -85,7 +85,7 @@ step() {
 
 finish() {
   echo; echo "=== phase $PHASE steps (${SECONDS} s in all):"; printf '  %s\n' "${STATUS[@]}"
-  "$PYTHON" -m spd_ref.plots_latency "$JSONL" || true
+  "$PYTHON" -m spd_ref.latency.plots "$JSONL" || true
   "$PYTHON" -m spd_ref commcost --results "$JSONL" > "$OUT/commcost_$PHASE.txt" 2>&1 || true
   echo; "$PYTHON" scripts/sweep_summary.py "$JSONL"
 }
@@ -106,8 +106,8 @@ case "$PHASE" in
     step tp2-p2p-on 240 --nproc 2 --p2p on "${BENCH[@]}" --shape llama2-7b,llama2-13b --allreduce
     step tp2-p2p-off 200 --nproc 2 --p2p off "${BENCH[@]}" --shape llama2-7b,llama2-13b --allreduce
     echo "=== peer checkpoint: $PEER_DIR"
-    timeout 300 "$PYTHON" -m spd_ref.peer --make-checkpoint --shape llama2-7b --checkpoint "$PEER_DIR"
-    step peer-tp4 240 --nproc 4 --p2p on --module spd_ref.peer --shape llama2-7b --checkpoint "$PEER_DIR" \
+    timeout 300 "$PYTHON" -m spd_ref.latency.peer --make-checkpoint --shape llama2-7b --checkpoint "$PEER_DIR"
+    step peer-tp4 240 --nproc 4 --p2p on --module spd_ref.latency.peer --shape llama2-7b --checkpoint "$PEER_DIR" \
       --batch 1,16 --ctx 512 --compile try --compile-batches 1 --repeats 50 --warmup 5 \
       --out "$JSONL" --tag "sweep-$PHASE"
     ;;
@@ -123,8 +123,8 @@ case "$PHASE" in
     step tp4-p2p-on-7b-b1 100 --nproc 4 --p2p on "${BENCH[@]}" --shape llama2-7b --batch 1,16 --prompt-lens 128 \
       --spd-ratios 0,1
     echo "=== peer checkpoint: $PEER_DIR"
-    timeout 300 "$PYTHON" -m spd_ref.peer --make-checkpoint --shape llama2-7b --checkpoint "$PEER_DIR"
-    step peer-tp4 240 --nproc 4 --p2p on --module spd_ref.peer --shape llama2-7b --checkpoint "$PEER_DIR" \
+    timeout 300 "$PYTHON" -m spd_ref.latency.peer --make-checkpoint --shape llama2-7b --checkpoint "$PEER_DIR"
+    step peer-tp4 240 --nproc 4 --p2p on --module spd_ref.latency.peer --shape llama2-7b --checkpoint "$PEER_DIR" \
       --batch 1,16 --ctx 512 --compile try --compile-batches 1 --repeats 50 --warmup 5 \
       --out "$JSONL" --tag "sweep-$PHASE"
     ;;
@@ -169,8 +169,8 @@ case "$PHASE" in
     step tp4-p2p-off 120 --nproc 4 --p2p off "${CUR[@]}"
     step tp1 90 --nproc 1 "${CUR[@]}"
     echo "=== peer checkpoint: $PEER_DIR"
-    timeout 240 "$PYTHON" -m spd_ref.peer --make-checkpoint --shape llama2-7b --checkpoint "$PEER_DIR"
-    step peer-tp4 150 --nproc 4 --p2p on --module spd_ref.peer --shape llama2-7b --checkpoint "$PEER_DIR" \
+    timeout 240 "$PYTHON" -m spd_ref.latency.peer --make-checkpoint --shape llama2-7b --checkpoint "$PEER_DIR"
+    step peer-tp4 150 --nproc 4 --p2p on --module spd_ref.latency.peer --shape llama2-7b --checkpoint "$PEER_DIR" \
       --batch 1 --ctx 512 --compile try --compile-batches 1 --repeats 50 --warmup 5 \
       --out "$JSONL" --tag "sweep-$PHASE"
     ;;
@@ -181,8 +181,8 @@ case "$PHASE" in
            --repeats 20 --warmup 3 --prefill-repeats 2 --layers 2 --out "$JSONL" --tag smoke)
     step smoke-tp2 150 --nproc 2 --p2p on "${SMOKE[@]}" --batch 1 --shape llama2-7b --allreduce --ar-sizes 8K,1M
     step smoke-tp2-eager 90 --nproc 2 --p2p off "${SMOKE[@]}" --batch 1,2 --shape llama2-70b --eager
-    timeout 120 "$PYTHON" -m spd_ref.peer --make-checkpoint --shape llama2-7b --layers 2 --checkpoint /tmp/spd_ref_peer_smoke
-    step smoke-peer 150 --nproc 2 --module spd_ref.peer --shape llama2-7b --layers 2 \
+    timeout 120 "$PYTHON" -m spd_ref.latency.peer --make-checkpoint --shape llama2-7b --layers 2 --checkpoint /tmp/spd_ref_peer_smoke
+    step smoke-peer 150 --nproc 2 --module spd_ref.latency.peer --shape llama2-7b --layers 2 \
       --checkpoint /tmp/spd_ref_peer_smoke --batch 1 --ctx 64 --compile "${PEER_COMPILE:-try}" --repeats 20 --warmup 3 \
       --out "$JSONL" --tag smoke
     ;;

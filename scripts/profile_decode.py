@@ -12,7 +12,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from spd_ref.bench import llama_config, shard_context  # noqa: E402
+from spd_ref.latency.bench import shard_context  # noqa: E402
+from spd_ref.latency.workload import llama_config  # noqa: E402
 from spd_ref.model import LM_HEAD_MODES, TPTransformer  # noqa: E402
 from spd_ref.tp import init_distributed  # noqa: E402
 

@@ -3,7 +3,7 @@
     python3 scripts/sweep_summary.py RESULTS.jsonl [...]
 
 One line per decode setting (shape, TP, P2P, batch): baseline, SPD on every block, the no-comm
-floor, the saving, the communication share, both efficiencies (spd_ref.commcost), and the peer
+floor, the saving, the communication share, both efficiencies (spd_ref.latency.commcost), and the peer
 baseline (transformers tp_plan) where measured; then prefill; then the targets.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere, no install needed
 
-from spd_ref.commcost import fit_rows, load_rows, print_section, saving_table  # noqa: E402
+from spd_ref.latency.commcost import fit_rows, load_rows, print_section, saving_table  # noqa: E402
 
 # (description, check(table) -> (value, passed)); 7B, batch 1, ctx 512, compiled, H100 NVLink.
 TARGETS = [

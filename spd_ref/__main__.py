@@ -6,11 +6,14 @@ import sys
 
 COMMANDS = {
     "generate": ("spd_ref.generate", "greedy generation with TP/SPD, under torchrun or in one process"),
-    "calibrate": ("spd_ref.calibrate", "sensitivity scan, B2B, HG; writes an SPD plan"),
-    "eval": ("spd_ref.evaluate", "lm-eval accuracy and perplexity of a model or an SPD plan"),
-    "sweep": ("spd_ref.sweep", "accuracy against SPD ratio for every strategy"),
-    "bench": ("spd_ref.bench", "decode/prefill latency under torchrun (GPUs or CPUs)"),
-    "commcost": ("spd_ref.commcost", "fit the alpha-beta all-reduce model and predict SPD savings"),
+    "calibrate": ("spd_ref.calibration.calibrate", "sensitivity scan, B2B, HG; writes an SPD plan"),
+    "eval": ("spd_ref.evaluation.eval_command", "lm-eval accuracy and perplexity of a model or an SPD plan"),
+    "sweep": ("spd_ref.evaluation.sweep", "accuracy against SPD ratio for every strategy"),
+    "bench": ("spd_ref.latency.bench", "decode/prefill latency under torchrun (GPUs or CPUs)"),
+    "peer": ("spd_ref.latency.peer", "the peer baseline: transformers' own tp_plan on the same shapes"),
+    "commcost": ("spd_ref.latency.commcost", "fit the alpha-beta all-reduce model and predict SPD savings"),
+    "report": ("spd_ref.latency.report", "the measured latency table (markdown) from result rows"),
+    "predict": ("spd_ref.latency.predict", "PREDICTED latency at an unmeasured TP degree, from measured rows"),
     "demo": ("spd_ref.demo", "the main job: calibrate SmolLM2 at TP 4, evaluate, print the table"),
 }
 

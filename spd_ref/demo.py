@@ -84,10 +84,10 @@ def cli(argv: list[str]) -> int:
                    help="dtype the offline suite is scored in [ours: bfloat16]")
     p.add_argument("--out", default="out/demo", help="plan folder, JSON lines and figure go here")
     args = p.parse_args(argv)
-    from .calibrate import calibrate
-    from .evaluate import evaluate_model
-    from .hf import load_model
-    from .plan import apply_plan, save_plan
+    from spd_ref.calibration.calibrate import calibrate
+    from spd_ref.evaluation.evaluate import evaluate_model
+    from spd_ref.models import load_model
+    from spd_ref.plan import apply_plan, save_plan
 
     start = time.time()
     out = Path(args.out)

@@ -16,8 +16,8 @@ from typing import Optional
 
 import torch
 
-from .model import DEFAULT_LM_HEAD, LM_HEAD_MODES
-from .tp import DEFAULT_TIMEOUT_S, init_distributed, require_torchrun, shutdown
+from spd_ref.model import DEFAULT_LM_HEAD, LM_HEAD_MODES
+from spd_ref.tp import DEFAULT_TIMEOUT_S, init_distributed, require_torchrun, shutdown
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -57,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> Optional[dict]:
     """Generate on this rank; returns rank 0's result dict (None on other ranks)."""
-    from .block import BlockMode
-    from .hf import load_model
-    from .model import TPTransformer
+    from spd_ref.block import BlockMode
+    from spd_ref.models import load_model
+    from spd_ref.model import TPTransformer
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> Optional[dict]:
         hf_model, tokenizer = load_model(args.model, dtype=torch.float32)
         overrides, blocks = None, parse_blocks(args.spd_blocks)
         if args.plan:
-            from .plan import load_plan
+            from spd_ref.plan import load_plan
 
             plan = load_plan(args.plan, model_config=hf_model.config, tp_degree=ctx.world_size)
             overrides, blocks = plan.weights, plan.spd_blocks

@@ -8,48 +8,14 @@ still transformers' own: only o_proj is replaced, by a module that returns each 
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .block import BlockMode, block_residual, mlp_partial
-from .partition import Partition, partition_for_config
-
-
-def load_model(name_or_path: str, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) from "smollm2" (the offline model), a local folder, a .gguf file or a hub id."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .assets import SMOLLM2, smollm2_path
-
-    kwargs: dict = {}
-    if name_or_path == SMOLLM2:
-        source = str(smollm2_path())
-    elif name_or_path.endswith(".gguf"):
-        gguf = Path(name_or_path)
-        if not gguf.is_file():
-            raise FileNotFoundError(f"model file {name_or_path!r} does not exist. Fix: give an existing "
-                                    f".gguf file, a local model folder, a hub id, or 'smollm2'.")
-        source, kwargs = str(gguf.parent), {"gguf_file": gguf.name}
-    elif _looks_like_path(name_or_path):
-        if not Path(name_or_path).is_dir():
-            raise FileNotFoundError(f"model folder {name_or_path!r} does not exist. Fix: give an existing "
-                                    f"folder with config.json, a hub id like meta-llama/Llama-2-7b-hf, or 'smollm2'.")
-        source = name_or_path
-    else:
-        source = name_or_path  # a hub id
-    try:
-        tok = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
-    except OSError as err:
-        raise OSError(f"could not load model {name_or_path!r}: {err}\nFix: without a model hub, use a local "
-                      f"folder or 'smollm2' (the offline SmolLM2-135M).") from err
-    model.eval()
-    return model, tok
+from spd_ref.block import BlockMode, block_residual, mlp_partial
+from spd_ref.partition import Partition, partition_for_config
 
 
 def random_model(config, seed: int = 0) -> nn.Module:
@@ -64,11 +30,6 @@ def random_model(config, seed: int = 0) -> nn.Module:
             if name.endswith("bias") or "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
     return model
-
-
-def _looks_like_path(name: str) -> bool:
-    # Hub ids look like "org/name"; anything that exists, is absolute or relative, or nests deeper is a path.
-    return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
 
 
 class RankPartialsOProj(nn.Module):

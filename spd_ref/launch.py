@@ -149,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"wall-clock seconds before the process group is killed (default {DEFAULT_TIMEOUT_S:g})")
     p.add_argument("--cpu", action="store_true", help="hide GPUs: gloo processes on the CPU")
     p.add_argument("--module", default="spd_ref",
-                   help="run `python -m MODULE ARGS...` instead (e.g. spd_ref.peer); ARGS need no COMMAND")
+                   help="run `python -m MODULE ARGS...` instead (e.g. spd_ref.latency.peer); ARGS need no COMMAND")
     return p
 
 

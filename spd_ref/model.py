@@ -20,11 +20,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .block import BlockMode, block_residual
-from .hf import validate_blocks
-from .partition import partition_for_config
-from .shards import HF_NAMES, WEIGHTS, fuse_block, full_shapes, rank_slices, vocab_shard
-from .tp import TPContext
+from spd_ref.block import BlockMode, block_residual
+from spd_ref.hf import validate_blocks
+from spd_ref.partition import partition_for_config
+from spd_ref.shards import HF_NAMES, WEIGHTS, fuse_block, full_shapes, rank_slices, vocab_shard
+from spd_ref.tp import TPContext
 
 LM_HEAD_MODES = ("split", "replicated")
 DEFAULT_LM_HEAD = "split"  # [ours] see the module docstring; measured in results/h100_x2/README.md

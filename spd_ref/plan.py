@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from .hf import apply_tp, decoder_layers
+from spd_ref.hf import apply_tp, decoder_layers
 
 PLAN_FILE, WEIGHTS_FILE = "plan.json", "weights.safetensors"
 FORMAT = 1
@@ -72,6 +73,20 @@ class Plan:
         return "\n".join(rows)
 
 
+def num_spd_blocks(ratio: float, num_blocks: int) -> int:
+    """round(ratio * L), halves rounded up (Python's round() would round 2.5 to 2)."""
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio={ratio} is outside [0, 1]: it is the share of blocks given SPD. "
+                         "Fix: use 0 <= ratio <= 1 (e.g. 0.5).")
+    return int(math.floor(ratio * num_blocks + 0.5))
+
+
+def choose_blocks(scores: Sequence[float], ratio: float) -> list[int]:
+    """The round(ratio * L) least sensitive blocks (ties: lower index first), in ascending order."""
+    order = sorted(range(len(scores)), key=lambda l: (scores[l], l))
+    return sorted(order[:num_spd_blocks(ratio, len(scores))])
+
+
 def config_signature(config) -> dict[str, Any]:
     """The architecture fields of a transformers config (head_dim filled in when the config omits it)."""
     sig = {k: getattr(config, k, None) for k in SIGNATURE_FIELDS}
@@ -90,7 +105,7 @@ def weight_fingerprint(model: nn.Module) -> list[float]:
 def package_versions() -> dict[str, str]:
     import transformers
 
-    from . import __version__
+    from spd_ref import __version__
     return {"spd_ref": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}
 

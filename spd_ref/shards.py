@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .partition import RankShard
+from spd_ref.partition import RankShard
 
 WEIGHTS = ("input_norm", "q_w", "k_w", "v_w", "q_b", "k_b", "v_b", "o_w", "o_b",
            "post_norm", "gate_w", "up_w", "down_w", "gate_b", "up_b", "down_b")

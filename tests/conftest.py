@@ -31,7 +31,7 @@ def tiny_config(heads: int = 4, kv_heads: int = 4, bias: bool = False, layers: i
 
 @pytest.fixture(scope="session")
 def smollm2():
-    from spd_ref.hf import load_model
+    from spd_ref.models import load_model
 
     return load_model("smollm2")
 

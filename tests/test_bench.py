@@ -1,4 +1,4 @@
-"""spd_ref.bench (+ peer, plots_latency): rows with every schema field, on 2 gloo processes."""
+"""spd_ref.latency.bench (+ peer, plots): rows with every schema field, on 2 gloo processes."""
 from __future__ import annotations
 
 import json
@@ -6,21 +6,23 @@ import json
 import pytest
 import torch
 
-from spd_ref import bench
+from spd_ref.latency import bench, workload
+from spd_ref.latency.schema import ROW_FIELDS, make_row
+from spd_ref.latency.timing import summarize
 from spd_ref.launch import launch
 
 
 # ---- pure functions --------------------------------------------------------------------------------
 def test_spread_blocks_rule() -> None:
-    assert bench.spread_blocks(0, 32) == [] and bench.spread_blocks(1, 32) == list(range(32))
-    assert bench.spread_blocks(0.5, 8) == [1, 3, 5, 7]
+    assert workload.spread_blocks(0, 32) == [] and workload.spread_blocks(1, 32) == list(range(32))
+    assert workload.spread_blocks(0.5, 8) == [1, 3, 5, 7]
     for layers in (4, 32, 40, 80):
         for ratio in (0.25, 0.5, 0.75):
-            blocks = bench.spread_blocks(ratio, layers)
+            blocks = workload.spread_blocks(ratio, layers)
             assert len(blocks) == int(ratio * layers + 0.5) and len(set(blocks)) == len(blocks)
             assert all(0 <= b < layers for b in blocks) and blocks == sorted(blocks)
     with pytest.raises(ValueError, match="outside"):
-        bench.spread_blocks(1.5, 8)
+        workload.spread_blocks(1.5, 8)
 
 
 def test_plan_picks_the_least_sensitive_blocks(tmp_path) -> None:
@@ -32,33 +34,33 @@ def test_plan_picks_the_least_sensitive_blocks(tmp_path) -> None:
     plan = Plan(model_id="tiny", tp_degree=2, num_blocks=4, signature={}, fingerprint=[0.0, 0.0], base_ppl=10.0,
                 spd_blocks=[], blocks=records, settings={})
     folder = save_plan(plan, tmp_path / "plan")
-    assert bench.blocks_for_ratio(0.5, 4, str(folder)) == [1, 3]
-    assert bench.blocks_for_ratio(0.75, 4, str(folder)) == [0, 1, 3]
+    assert workload.blocks_for_ratio(0.5, 4, str(folder)) == [1, 3]
+    assert workload.blocks_for_ratio(0.75, 4, str(folder)) == [0, 1, 3]
     with pytest.raises(ValueError, match="is for 4 blocks"):
-        bench.blocks_for_ratio(0.5, 8, str(folder))
+        workload.blocks_for_ratio(0.5, 8, str(folder))
 
 
 def test_llama_shapes_are_the_public_ones() -> None:
-    c7, c13, c70 = (bench.llama_config(s) for s in ("llama2-7b", "llama2-13b", "llama2-70b"))
+    c7, c13, c70 = (workload.llama_config(s) for s in ("llama2-7b", "llama2-13b", "llama2-70b"))
     assert (c7.hidden_size, c7.num_hidden_layers, c7.num_attention_heads, c7.num_key_value_heads,
             c7.intermediate_size, c7.vocab_size) == (4096, 32, 32, 32, 11008, 32000)
     assert (c13.hidden_size, c13.num_hidden_layers, c13.num_attention_heads, c13.intermediate_size) == \
         (5120, 40, 40, 13824)
     assert (c70.hidden_size, c70.num_hidden_layers, c70.num_attention_heads, c70.num_key_value_heads,
             c70.intermediate_size) == (8192, 80, 64, 8, 28672)
-    assert bench.llama_config("llama2-70b", layers=2).num_hidden_layers == 2
+    assert workload.llama_config("llama2-70b", layers=2).num_hidden_layers == 2
     with pytest.raises(ValueError, match="unknown shape 'gpt'"):
-        bench.llama_config("gpt")
+        workload.llama_config("gpt")
 
 
 def test_parse_list_and_summary() -> None:
-    assert bench.parse_list("1,16", int) == [1, 16]
-    assert bench.parse_list("16K,1M", int) == [16384, 1 << 20]
-    assert bench.parse_list("none") == []
-    med, p90 = bench.summarize([float(i) for i in range(1, 11)])
+    assert workload.parse_list("1,16", int) == [1, 16]
+    assert workload.parse_list("16K,1M", int) == [16384, 1 << 20]
+    assert workload.parse_list("none") == []
+    med, p90 = summarize([float(i) for i in range(1, 11)])
     assert med == 5.5 and p90 == 9.0
     with pytest.raises(KeyError, match="not in the schema"):
-        bench.make_row({}, kind="decode", colour="red")
+        make_row({}, kind="decode", colour="red")
 
 
 def test_one_process_measures_only_the_baseline(tmp_path) -> None:
@@ -114,7 +116,7 @@ def test_rows_are_well_formed(tp2_rows) -> None:
     # 2 all-reduce sizes; per batch (2): prefill at 0, 1 and the floor, decode at 0, 0.5, 1 and the floor.
     assert kinds.count("allreduce") == 2 and kinds.count("prefill") == 6 and kinds.count("decode") == 8
     for r in rows:
-        assert set(r) == set(bench.ROW_FIELDS)
+        assert set(r) == set(ROW_FIELDS)
         assert r["tp"] == 2 and r["p2p"] is True and r["gpu"] == "cpu" and r["gpu_count"] == 0
         assert r["torch"] and r["date"] and r["dtype"] == "bfloat16" and r["tag"] == "test"
         assert 0 < r["ms_median"] <= r["ms_p90"]
@@ -146,7 +148,7 @@ def test_spd_drops_sync_points_and_the_floor_is_flagged(tp2_rows) -> None:
 
 @pytest.mark.slow
 def test_plots_write_pngs(tp2_rows) -> None:
-    from spd_ref.plots_latency import plot_results
+    from spd_ref.latency.plots import plot_results
 
     src, _ = tp2_rows
     made = plot_results(str(src))
@@ -157,17 +159,17 @@ def test_plots_write_pngs(tp2_rows) -> None:
 
 @pytest.mark.slow
 def test_peer_baseline_transformers_tp_plan_on_gloo(tmp_path) -> None:
-    from spd_ref.peer import make_checkpoint
+    from spd_ref.latency.peer import make_checkpoint
 
     folder = make_checkpoint("tiny", str(tmp_path / "ckpt"))
     out = tmp_path / "peer.jsonl"
     done = launch(2, ["--shape", "tiny", "--checkpoint", str(folder), "--batch", "1", "--ctx", "16",
                       "--compile", "off", "--repeats", "3", "--warmup", "1", "--out", str(out)],
-                  module="spd_ref.peer", cpu=True, timeout_s=300)
+                  module="spd_ref.latency.peer", cpu=True, timeout_s=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 1
     r = rows[0]
-    assert set(r) == set(bench.ROW_FIELDS)
+    assert set(r) == set(ROW_FIELDS)
     assert r["impl"] == "transformers_tp_plan" and r["kind"] == "decode" and r["tp"] == 2
     assert r["compiled"] is False and r["ranks_agree"] is True and r["sync_points_per_token"] == 8

@@ -1,4 +1,4 @@
-"""spd_ref.commcost: the alpha-beta fit recovers known parameters; predictions and efficiencies add up."""
+"""spd_ref.latency.commcost: the alpha-beta fit recovers known parameters; predictions and efficiencies add up."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from spd_ref import commcost as C
+from spd_ref.latency import commcost as C
 
 SIZES = [2 ** k for k in range(13, 27)]  # 8 KiB .. 64 MiB, as bench measures
 

@@ -1,4 +1,4 @@
-"""spd_ref.data: the offline Wikipedia split, calibration windows and held-out windows."""
+"""spd_ref.calibration.data: the offline Wikipedia split, calibration windows and held-out windows."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from spd_ref import data
-from spd_ref.assets import smollm2_path
+from spd_ref.calibration import data
+from spd_ref.models import smollm2_path
 
 
 @pytest.fixture(scope="module")

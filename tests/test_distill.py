@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from spd_ref.block import BlockMode
-from spd_ref.data import calibration_tokens, heldout_tokens
-from spd_ref.distill import block_mse, distill_block
+from spd_ref.calibration.data import calibration_tokens, heldout_tokens
+from spd_ref.calibration.distill import block_mse, distill_block
 from spd_ref.hf import apply_tp, decoder_layers, remove_tp, set_spd_blocks
-from spd_ref.sensitivity import capture_block_inputs, suffix_perplexity
+from spd_ref.calibration.sensitivity import capture_block_inputs, suffix_perplexity
 
 TP = 4
 BLOCK = 16  # one of SmolLM2's most sensitive middle blocks at N = 4 (about +20% PPL in the scan)

@@ -2,9 +2,9 @@
 import json
 
 from conftest import torchrun
-from spd_ref.calibrate import calibrate
-from spd_ref.data import calibration_tokens
-from spd_ref.evaluate import cli as eval_cli
+from spd_ref.calibration.calibrate import calibrate
+from spd_ref.calibration.data import calibration_tokens
+from spd_ref.evaluation.eval_command import cli as eval_cli
 from spd_ref.plan import save_plan
 
 TASKS, LIMIT = "spd_analogy,spd_polarity,spd_lambada", 20

@@ -1,4 +1,4 @@
-"""spd_ref.evaluate: task resolution, the offline guard for the paper suite, result rows and files,
+"""spd_ref.evaluation.evaluate: task resolution, the offline guard for the paper suite, result rows and files,
 the CLI, and the original SmolLM2 scoring clearly above chance on every offline task."""
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from spd_ref import evaluate
-from spd_ref.evaluate import cli, evaluate_model, resolve_tasks, rows_from_results, write_results
-from spd_ref.tasks import CHANCE, OFFLINE_TASKS, PAPER_TASKS
+from spd_ref.evaluation import evaluate
+from spd_ref.evaluation.eval_command import cli
+from spd_ref.evaluation.evaluate import evaluate_model, resolve_tasks, rows_from_results, write_results
+from spd_ref.evaluation.tasks import CHANCE, OFFLINE_TASKS, PAPER_TASKS
 
 
 def test_resolve_suites_and_lists():

@@ -9,11 +9,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from spd_ref.block import BlockMode
-from spd_ref.headgroup import (group_heads, head_distances, head_grouping, match_mlp_shards, permute_block,
+from spd_ref.calibration.headgroup import (group_heads, head_distances, head_grouping, match_mlp_shards, permute_block,
                                within_rank_distance)
 from spd_ref.hf import apply_tp, decoder_layers
 from spd_ref.partition import make_partition
-from spd_ref.sensitivity import capture_block_inputs
+from spd_ref.calibration.sensitivity import capture_block_inputs
 
 # (heads, kv heads, tp degree): MHA, SmolLM2-like straddling GQA, GQA with 2 ranks per KV group.
 CASES = [(8, 8, 4), (9, 3, 4), (8, 2, 4)]

@@ -55,8 +55,8 @@ def test_p2p_switch_touches_only_nccl_p2p_disable() -> None:
 def test_argv_split_at_the_command() -> None:
     own, rest = L.split_argv(["--nproc", "2", "--p2p=off", "--cpu", "bench", "--shape", "tiny"])
     assert own == ["--nproc", "2", "--p2p=off", "--cpu"] and rest == ["bench", "--shape", "tiny"]
-    own, rest = L.split_argv(["--nproc", "4", "--module", "spd_ref.peer", "--", "--shape", "tiny"])
-    assert own == ["--nproc", "4", "--module", "spd_ref.peer"] and rest == ["--shape", "tiny"]
+    own, rest = L.split_argv(["--nproc", "4", "--module", "spd_ref.latency.peer", "--", "--shape", "tiny"])
+    assert own == ["--nproc", "4", "--module", "spd_ref.latency.peer"] and rest == ["--shape", "tiny"]
     assert L.torchrun_argv(3, ["bench"])[-4:] == ["--nproc-per-node=3", "-m", "spd_ref", "bench"]
 
 

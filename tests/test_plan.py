@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from conftest import random_model, tiny_config, torchrun
-from spd_ref.calibrate import calibrate, cli
-from spd_ref.hf import apply_tp, load_model, remove_tp, spd_blocks_of
+from spd_ref.calibration.calibrate import calibrate, cli
+from spd_ref.hf import apply_tp, remove_tp, spd_blocks_of
+from spd_ref.models import load_model
 from spd_ref.plan import PLAN_FILE, WEIGHTS_FILE, apply_plan, load_plan, merged_state_dict, save_plan
 
 TP = 2

@@ -1,4 +1,4 @@
-"""spd_ref.predict (with spd_ref.floorfit) and spd_ref.latency_report: the fits recover known parameters,
+"""spd_ref.latency.predict (with spd_ref.latency.floorfit) and spd_ref.latency.report: the fits recover known parameters,
 predictions are flagged, and on the recorded 4 x H100 rows the extrapolation is as accurate as
 results/predictions says."""
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spd_ref import commcost as C
-from spd_ref import floorfit as F
-from spd_ref import latency_report as R
-from spd_ref import predict as P
+from spd_ref.latency import commcost as C
+from spd_ref.latency import floorfit as F
+from spd_ref.latency import report as R
+from spd_ref.latency import predict as P
 
 ROOT = Path(__file__).resolve().parents[1]
 H100 = [str(ROOT / "results" / "h100" / f"{n}.jsonl") for n in ("sweep_a", "sweep_c", "sweep_peer")]
@@ -88,7 +88,7 @@ def test_cost_model_errors_are_summarized_per_tp_and_p2p(rows) -> None:
 
 # ---- predictions -----------------------------------------------------------------------------------
 def test_predictions_are_flagged_and_carry_the_bench_schema(tp8) -> None:
-    from spd_ref.bench import ROW_FIELDS
+    from spd_ref.latency.schema import ROW_FIELDS
 
     assert tp8 and all(r["prediction"] is True and "floor a + b/N" in r["basis"] for r in tp8)
     assert all(set(ROW_FIELDS) <= set(r) and r["kind"] == "decode" and r["tp"] == 8 and r["ctx"] == 512 for r in tp8)
@@ -149,7 +149,7 @@ def test_primary_model_reproduces_both_measured_tp_degrees_in_sample(rows) -> No
 
 
 def test_figures_are_written(tmp_path, rows, tp8) -> None:
-    from spd_ref.plots_latency import plot_decode_grid
+    from spd_ref.latency.plots import plot_decode_grid
 
     made = plot_decode_grid(tp8, tmp_path / "p.png", "PREDICTION", primary=P.PRIMARY)
     assert made.read_bytes()[:4] == b"\x89PNG"

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import ROOT, random_model, tiny_config, torchrun
-from spd_ref.hf import apply_tp, load_model, remove_tp
+from spd_ref.hf import apply_tp, remove_tp
+from spd_ref.models import load_model
 from spd_ref.model import TPTransformer
 from spd_ref.tp import init_distributed
 

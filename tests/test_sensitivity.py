@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spd_ref.data import calibration_tokens, heldout_tokens
+from spd_ref.calibration.data import calibration_tokens, heldout_tokens
 from spd_ref.hf import apply_tp, decoder_layers, remove_tp, set_spd_blocks
-from spd_ref.sensitivity import (BlockClass, SensitivityScan, baseline_blocks, capture_block_inputs,
-                                 choose_blocks, classify, num_spd_blocks, perplexity, sensitivity_scan)
+from spd_ref.calibration.sensitivity import (BlockClass, SensitivityScan, baseline_blocks, capture_block_inputs, classify, perplexity, sensitivity_scan)
+from spd_ref.plan import choose_blocks, num_spd_blocks
 
 TP = 4
 RATIOS = (0.3, 0.5)

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from conftest import random_model, tiny_config
 from spd_ref.block import BlockMode
-from spd_ref.hf import apply_tp, remove_tp, set_spd_blocks, load_model
+from spd_ref.hf import apply_tp, remove_tp, set_spd_blocks
+from spd_ref.models import load_model
 
 TOL = 1e-4  # fp32: the only difference from the original is the order of the partial sums
 

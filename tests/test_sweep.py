@@ -1,6 +1,6 @@
 """The sweep's bookkeeping (model-free): recovery per class, averages, the 1-point rule, the report."""
-from spd_ref.sensitivity import BlockClass
-from spd_ref.sweep import average_accuracy, largest_ratio_within, recovery, report
+from spd_ref.calibration.sensitivity import BlockClass
+from spd_ref.evaluation.sweep import average_accuracy, largest_ratio_within, recovery, report
 
 
 def rows_for(strategy, accs_by_ratio, ppl=100.0):

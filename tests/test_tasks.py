@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from spd_ref.data import article_split
-from spd_ref.tasks import OFFLINE_TASKS, TASKS_DIR, shipped, wiki
+from spd_ref.calibration.data import article_split
+from spd_ref.evaluation.tasks import OFFLINE_TASKS, TASKS_DIR, shipped, wiki
 
 BUILDERS = {  # task -> (builder, default size)
     "spd_analogy": (shipped.analogy_items, 200),

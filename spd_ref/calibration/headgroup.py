@@ -1,0 +1,225 @@
+"""Head-grouping initialization (HG) for extremely sensitive blocks (METHOD.md s.5).
+
+Under plain TP, which heads (and which MLP columns) sit on which rank does not change a block's
+output: the sync points sum over all of them. Under SPD it does, because MLP shard i sees only
+X + Y_i, the attention partial of rank i's heads. HG picks a better arrangement before B2B:
+
+1. attention-probability map of every head on calibration inputs (computed from q and k);
+2. [ours] balanced anti-clustering by greedy swaps: heads on one rank should be as different as
+   possible (largest summed Euclidean distance between their maps). Ranks keep their sizes (the
+   partition's), so the grouping stays balanced;
+3. [ours] head groups matched to MLP shards by the Hungarian method on an N x N score matrix, the
+   mean norm of MLP shard m's output when fed X + Y_a (the norm before the residual add);
+4. the weights permuted accordingly (q/k/v rows and o_proj columns; gate/up rows and down_proj
+   columns), which leaves plain TP exactly unchanged (`permute_block`).
+
+Grouped-query attention: a query head must stay with its KV head. The allowed moves are
+(a) swapping two whole KV groups (their query heads and their k/v rows) and (b) swapping two query
+heads inside one KV group (k/v untouched). With multi-head attention (one query head per KV head)
+(a) is any swap of two heads. Where the ranks' head ranges line up with KV groups (e.g. 9 heads, 3
+KV heads, N = 3: one group per rank) no move changes which heads share a rank, and only the MLP
+matching acts. With SmolLM2 at N = 4 (3/2/2/2 heads, groups of 3) groups straddle ranks, so both
+moves change the grouping. MLP shards of unequal width cannot trade places ([ours] such pairs are
+excluded from the matching).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from scipy.optimize import linear_sum_assignment
+
+from spd_ref.block import mlp_partial
+from spd_ref.partition import Partition
+
+MAP_SAMPLES = 4  # [ours] calibration windows used for attention maps and MLP scores
+
+
+@dataclass
+class HeadGrouping:
+    """What HG decided for one block: new position p holds old head `head_perm[p]`; rank a's MLP
+    columns are old shard `mlp_perm[a]`'s. Objectives are summed within-rank map distances."""
+
+    head_perm: list[int]
+    mlp_perm: list[int]
+    distance_before: float
+    distance_after: float
+    mlp_scores: list[list[float]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"head_perm": self.head_perm, "mlp_perm": self.mlp_perm,
+                "distance_before": self.distance_before, "distance_after": self.distance_after,
+                "mlp_scores": self.mlp_scores}
+
+
+def _heads(layer: nn.Module) -> tuple[int, int, int]:
+    """(query heads, KV heads, head_dim) of a LLaMA attention module."""
+    attn = layer.self_attn
+    head_dim = attn.head_dim
+    return attn.q_proj.weight.shape[0] // head_dim, attn.k_proj.weight.shape[0] // head_dim, head_dim
+
+
+@torch.no_grad()
+def head_distances(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    """(H, H) Euclidean distances between the heads' attention-probability maps on `hidden` (n, T, d).
+
+    A map is softmax(q k^T / sqrt(hd)) with the causal mask, (T, T) per window; a head's maps over
+    the n windows are concatenated into one vector. One window at a time keeps memory at H * T^2.
+    """
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    attn = layer.self_attn
+    num_heads, num_kv, head_dim = _heads(layer)
+    cos, sin = kwargs["position_embeddings"]
+    seq = hidden.shape[1]
+    causal = torch.full((seq, seq), float("-inf")).triu(1)
+    sq = torch.zeros(num_heads, num_heads, dtype=torch.float64)
+    for x in hidden.split(1):
+        h = layer.input_layernorm(x)
+        q = attn.q_proj(h).view(1, seq, num_heads, head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(1, seq, num_kv, head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos[:1], sin[:1])
+        k = k.repeat_interleave(num_heads // num_kv, dim=1)  # query head j reads KV head j // group
+        maps = torch.softmax(q @ k.transpose(-1, -2) * attn.scaling + causal, dim=-1)[0]
+        sq += torch.cdist(maps.flatten(1), maps.flatten(1)).double() ** 2
+    return sq.sqrt().float()
+
+
+def within_rank_distance(dist: torch.Tensor, head_perm: list[int], partition: Partition) -> float:
+    """Sum over ranks of the pairwise map distances of the heads each rank holds under `head_perm`."""
+    total = 0.0
+    for shard in partition.shards:
+        held = [head_perm[p] for p in shard.q_heads]
+        total += dist[held][:, held].sum().item() / 2
+    return total
+
+
+def _moves(num_heads: int, group: int) -> list[list[tuple[int, int]]]:
+    """Allowed position swaps: whole KV groups (a list of pairs), or two heads inside one group."""
+    num_kv = num_heads // group
+    moves = [[(g1 * group + t, g2 * group + t) for t in range(group)]
+             for g1 in range(num_kv) for g2 in range(g1 + 1, num_kv)]
+    moves += [[(g * group + t1, g * group + t2)] for g in range(num_kv)
+              for t1 in range(group) for t2 in range(t1 + 1, group)] if group > 1 else []
+    return moves
+
+
+def group_heads(dist: torch.Tensor, partition: Partition, max_rounds: int = 1000) -> list[int]:
+    """[ours] Greedy swap anti-clustering: from the identity, apply the allowed swap that most raises
+    the within-rank distance, until none does. Returns head_perm (position -> old head)."""
+    num_heads = dist.shape[0]
+    if num_heads != partition.num_heads:
+        raise ValueError(f"distance matrix is {num_heads} x {num_heads} but the partition has "
+                         f"{partition.num_heads} heads; compute both for the same model.")
+    group = partition.num_heads // partition.num_kv_heads
+    perm, best = list(range(num_heads)), within_rank_distance(dist, list(range(num_heads)), partition)
+    for _ in range(max_rounds):
+        found = None
+        for move in _moves(num_heads, group):
+            cand = list(perm)
+            for a, b in move:
+                cand[a], cand[b] = cand[b], cand[a]
+            value = within_rank_distance(dist, cand, partition)
+            if value > best * (1 + 1e-6) + 1e-9:  # not float noise from a reordered sum
+                best, found = value, cand
+        if found is None:
+            break
+        perm = found
+    return perm
+
+
+def _mlp_cols(partition: Partition, rank: int) -> slice:
+    cols = partition.shards[rank].mlp_cols
+    return slice(cols.start, cols.stop)
+
+
+@torch.no_grad()
+def mlp_match_scores(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    """(N, N) scores: entry (a, m) is the mean token norm of MLP shard m's output on X + Y_a (+ o bias).
+
+    `layer` must be under simulated TP (its o_proj returns per-rank partials Y_a).
+    """
+    partition: Partition = layer.partition
+    mlp, n = layer.mlp, partition.tp_degree
+    scores = torch.zeros(n, n)
+    o_bias = layer.self_attn.o_proj.bias
+    for x in hidden.split(1):
+        partials, _ = layer.self_attn(layer.input_layernorm(x), **kwargs)
+        for a in range(n):
+            local = x + partials[a] + (0 if o_bias is None else o_bias)
+            normed = layer.post_attention_layernorm(local)
+            for m in range(n):
+                c = _mlp_cols(partition, m)
+                z = mlp_partial(normed, mlp.gate_proj.weight[c], mlp.up_proj.weight[c],
+                                mlp.down_proj.weight[:, c], mlp.act_fn,
+                                None if mlp.gate_proj.bias is None else mlp.gate_proj.bias[c],
+                                None if mlp.up_proj.bias is None else mlp.up_proj.bias[c])
+                scores[a, m] += z.norm(dim=-1).mean() / hidden.shape[0]
+    return scores
+
+
+def match_mlp_shards(scores: torch.Tensor, partition: Partition) -> list[int]:
+    """[ours] Hungarian assignment maximizing the summed scores; rank a gets old MLP shard result[a].
+    Shards of unequal width cannot swap, so those pairs are forbidden."""
+    width = [len(s.mlp_cols) for s in partition.shards]
+    cost = -scores.double().numpy()
+    cost = np.where(np.equal.outer(width, width), cost, np.inf)
+    rows, cols = linear_sum_assignment(cost)
+    return [int(c) for _, c in sorted(zip(rows, cols))]
+
+
+def _rows(perm: list[int], size: int) -> torch.Tensor:
+    return torch.cat([torch.arange(p * size, (p + 1) * size) for p in perm])
+
+
+@torch.no_grad()
+def permute_block(layer: nn.Module, head_perm: list[int], mlp_perm: list[int], partition: Partition) -> None:
+    """Rearrange the block's weights in place: position p gets old head head_perm[p], rank a's MLP
+    columns get old shard mlp_perm[a]. Plain TP output is unchanged (up to float rounding)."""
+    num_heads, num_kv, head_dim = _heads(layer)
+    group = num_heads // num_kv
+    if sorted(head_perm) != list(range(num_heads)):
+        raise ValueError(f"head_perm={head_perm} is not a permutation of range({num_heads}).")
+    kv_perm = [head_perm[g * group] // group for g in range(num_kv)]
+    for g in range(num_kv):  # query heads must stay with their KV head (GQA)
+        if any(head_perm[g * group + t] // group != kv_perm[g] for t in range(group)):
+            raise ValueError(f"head_perm={head_perm} splits a KV group (group size {group}): positions "
+                             f"{g * group}..{(g + 1) * group - 1} must hold the query heads of one KV head.")
+    widths = [len(s.mlp_cols) for s in partition.shards]
+    if sorted(mlp_perm) != list(range(len(widths))) or any(widths[a] != widths[m] for a, m in enumerate(mlp_perm)):
+        raise ValueError(f"mlp_perm={mlp_perm} is not a permutation of equal-width shards (widths {widths}).")
+    attn, mlp = layer.self_attn, layer.mlp
+    q_rows, kv_rows = _rows(head_perm, head_dim), _rows(kv_perm, head_dim)
+    cols = torch.cat([torch.arange(_mlp_cols(partition, m).start, _mlp_cols(partition, m).stop) for m in mlp_perm])
+    for linear, rows in ((attn.q_proj, q_rows), (attn.k_proj, kv_rows), (attn.v_proj, kv_rows),
+                         (mlp.gate_proj, cols), (mlp.up_proj, cols)):
+        linear.weight.copy_(linear.weight[rows])
+        if linear.bias is not None:
+            linear.bias.copy_(linear.bias[rows])
+    attn.o_proj.weight.copy_(attn.o_proj.weight[:, q_rows])  # biases of row-parallel layers stay put
+    mlp.down_proj.weight.copy_(mlp.down_proj.weight[:, cols])
+
+
+def head_grouping(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any],
+                  map_samples: int = MAP_SAMPLES) -> HeadGrouping:
+    """HG on one simulated-TP block, in place: group heads, permute, then match MLP shards and permute.
+
+    `hidden` are the block's calibration inputs (n, T, d) and `kwargs` its layer-call arguments for
+    one window; [ours] the first `map_samples` windows are used.
+    """
+    if map_samples < 1:
+        raise ValueError(f"map_samples={map_samples} must be >= 1 (calibration windows for the maps).")
+    partition: Partition = layer.partition
+    hidden = hidden[:map_samples]
+    dist = head_distances(layer, hidden, kwargs)
+    identity = list(range(partition.num_heads))
+    head_perm = group_heads(dist, partition)
+    permute_block(layer, head_perm, list(range(partition.tp_degree)), partition)
+    scores = mlp_match_scores(layer, hidden, kwargs)
+    mlp_perm = match_mlp_shards(scores, partition)
+    permute_block(layer, identity, mlp_perm, partition)
+    return HeadGrouping(head_perm, mlp_perm, within_rank_distance(dist, identity, partition),
+                        within_rank_distance(dist, head_perm, partition), scores.tolist())
