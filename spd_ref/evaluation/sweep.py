@@ -77,7 +77,7 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
     scan = SensitivityScan(**cached({"kind": "scan", **calibration},
                                     lambda: sensitivity_scan(model, inputs(), progress=progress).__dict__))
     classes = classify(scan)
-    num = len(decoder_layers(model))
+    num, params = len(decoder_layers(model)), sum(p.numel() for p in model.parameters())
     scorer, recovered, rows = None, {}, []
     setting = {"kind": "score", **calibration, "tasks": tasks, "limit": limit,
                "eval_dtype": str(eval_dtype).removeprefix("torch.")}
@@ -114,18 +114,19 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
                          "eval_dtype": setting["eval_dtype"], "spd_blocks": blocks,
                          "recovered": {l: k for l, k in kinds.items() if k != "zs"}, "score_s": done["score_s"],
                          **drop, **row})
-        on_setting(rows + sensitivity_rows(scan, classes, tp_degree, model_name))
+        on_setting(rows + sensitivity_rows(scan, classes, tp_degree, model_name, params))
     remove_tp(model)  # recovery trained copies: the model's own weights never changed
-    return rows + sensitivity_rows(scan, classes, tp_degree, model_name)
+    return rows + sensitivity_rows(scan, classes, tp_degree, model_name, params)
 
 
 def tasks_have_items(rows: list[dict]) -> bool:
     return any(r.get("items") for r in rows)
 
 
-def sensitivity_rows(scan: SensitivityScan, classes: list[BlockClass], tp: int, model_name: str) -> list[dict]:
-    return [{"model": model_name, "tp": tp, "kind": "sensitivity", "block": l, "sensitivity": s, "relative": rel,
-             "class": c.value, "base_ppl": scan.base_ppl}
+def sensitivity_rows(scan: SensitivityScan, classes: list[BlockClass], tp: int, model_name: str,
+                     params: int) -> list[dict]:
+    return [{"model": model_name, "params": params, "tp": tp, "kind": "sensitivity", "block": l, "sensitivity": s,
+             "relative": rel, "class": c.value, "base_ppl": scan.base_ppl}
             for l, (s, rel, c) in enumerate(zip(scan.scores, scan.relative, classes))]
 
 
