@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
+from spd_ref.models import MODEL_HELP
+
 if TYPE_CHECKING:
     from spd_ref.evaluation.statistics import Drop
 
@@ -93,7 +95,7 @@ def save_figure(plan, table: list[tuple], path: Path) -> Path:
 
 def cli(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m spd_ref demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="smollm2")
+    p.add_argument("--model", default="smollm2", help=MODEL_HELP)
     p.add_argument("--tp", type=int, default=4)
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of blocks with SPD [ours: 0.5]")
     p.add_argument("--limit", type=int, default=100,

