@@ -57,9 +57,10 @@ class RankPartialsOProj(nn.Module):
     def forward(self, attn: torch.Tensor) -> torch.Tensor:
         if self.mode == "whole":
             return F.linear(attn, self.weight, self.bias)
-        if self.mode == "batched":
-            a = take_columns(attn, self.column_index)  # (R, ..., width)
-            return a @ take_columns(self.weight, self.column_index).transpose(-1, -2)[:, None]
+        if self.mode == "batched":  # one (tokens x width) @ (width x d) matmul per rank
+            a = take_columns(attn, self.column_index).flatten(1, -2)  # (R, B*T, width)
+            out = a @ take_columns(self.weight, self.column_index).transpose(-1, -2)
+            return out.view(-1, *attn.shape[:-1], out.shape[-1])
         return torch.stack([F.linear(attn[..., c.start:c.stop], self.weight[:, c.start:c.stop])
                             for c in self.columns])
 
@@ -108,14 +109,16 @@ class SimulatedTPLayer:
     def mlp_shards_batched(self, x: torch.Tensor) -> torch.Tensor:
         """The same as mlp_shards, each projection one batched matmul over the ranks."""
         mlp, index = self.mlp, self.mlp_index
+        tokens = x.flatten(1, -2)  # (R, B*T, d): one (tokens x d) @ (d x width) matmul per rank
 
         def project(linear: nn.Linear) -> torch.Tensor:  # column-parallel: each rank's output rows
-            out = x @ take_columns(linear.weight.T, index)[:, None]
             bias = linear.bias
-            return out if bias is None else out + take_columns(bias, index)[:, None, None]
+            weight = take_columns(linear.weight.T, index)  # (R, d, width)
+            return tokens @ weight if bias is None else torch.baddbmm(take_columns(bias, index)[:, None], tokens, weight)
 
         hidden = mlp.act_fn(project(mlp.gate_proj)) * project(mlp.up_proj)  # padded columns give 0
-        return hidden @ take_columns(mlp.down_proj.weight, index).transpose(-1, -2)[:, None]
+        out = hidden @ take_columns(mlp.down_proj.weight, index).transpose(-1, -2)  # (R, B*T, d)
+        return out.view(x.shape)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         o_proj = self.self_attn.o_proj
