@@ -99,16 +99,19 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
         scored = evaluate_model(scorer, tokenizer, tasks, limit=limit)
         return {"rows": scored, "score_s": time.time() - start}
 
-    points = [(s, r) for r in ratios for s in strategies]
-    base = None
-    for strategy, ratio in tqdm(points, desc=f"sweep TP {tp_degree}", disable=not progress):
-        blocks = (baseline_blocks("random", num, ratio, seed) if strategy == "random"
-                  else choose_blocks(scan.scores, ratio))
-        kinds = {l: recovery(strategy, classes[l]) for l in blocks}
-        key = {**setting, "blocks": blocks, "recovered": sorted((l, k) for l, k in kinds.items() if k != "zs")}
+    points = []
+    for ratio in ratios:
+        for strategy in strategies:
+            blocks = (baseline_blocks("random", num, ratio, seed) if strategy == "random"
+                      else choose_blocks(scan.scores, ratio))
+            kinds = {l: recovery(strategy, classes[l]) for l in blocks}
+            key = {**setting, "blocks": blocks, "recovered": sorted((l, k) for l, k in kinds.items() if k != "zs")}
+            points.append((strategy, ratio, blocks, kinds, key))
+    if store is not None:  # finished settings first: rows written as they come never lose a finished one
+        points.sort(key=lambda p: store.get(p[4]) is None)
+    base = cached({**setting, "blocks": [], "recovered": []}, lambda: score([], {}))  # ratio 0: plain TP
+    for strategy, ratio, blocks, kinds, key in tqdm(points, desc=f"sweep TP {tp_degree}", disable=not progress):
         done = cached(key, lambda: score(blocks, kinds))
-        base = base or (done if not blocks else cached({**setting, "blocks": [], "recovered": []},
-                                                       lambda: score([], {})))
         drop = rows_drop(base["rows"], done["rows"]).as_row() if tasks_have_items(done["rows"]) else {}
         for row in done["rows"]:
             rows.append({"model": model_name, "tp": tp_degree, "strategy": strategy, "spd_ratio": ratio,
