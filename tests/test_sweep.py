@@ -73,3 +73,7 @@ def test_sweep_resumes_from_its_store(tmp_path, monkeypatch):
     assert all(r["drop"] == 0.0 and r["drop_ci95"] == [0.0, 0.0] for r in base)
     spd = [r for r in first if r.get("spd_ratio") == 1.0 and r["strategy"] == "zs"][0]
     assert spd["drop_ci95"][0] <= spd["drop"] <= spd["drop_ci95"][1] and spd["drop_n_items"] == 60
+    # one setting alone (ratios without 0, as a second process would): the baseline comes from the store
+    alone = sweep_tp(model, None, 2, [0.25], strategies=("zs",), eval_dtype=torch.float32, progress=False,
+                     model_name="tiny", store=store)
+    assert calls["score"] == 5 and all("drop_ci95" in r for r in alone if r.get("metric") == "acc")

@@ -79,7 +79,7 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
                                     lambda: sensitivity_scan(model, inputs(), progress=progress).__dict__))
     classes = classify(scan)
     num, params = len(decoder_layers(model)), sum(p.numel() for p in model.parameters())
-    scorer, recovered, rows = None, {}, []
+    scorer, recovered = None, {}
     setting = {"kind": "score", **calibration, "tasks": tasks, "limit": limit,
                "eval_dtype": str(eval_dtype).removeprefix("torch.")}
 
@@ -109,18 +109,30 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
             points.append((strategy, ratio, blocks, kinds, key))
     if store is not None:  # finished settings first: rows written as they come never lose a finished one
         points.sort(key=lambda p: store.get(p[4]) is None)
-    base = cached({**setting, "blocks": [], "recovered": []}, lambda: score([], {}))  # ratio 0: plain TP
+    base_key = {**setting, "blocks": [], "recovered": []}  # ratio 0, plain TP: the paired baseline
+    # Without ratio 0 among the ratios (a process scoring one setting beside another run), the
+    # baseline is taken from the store if there, and scored last otherwise.
+    base = cached(base_key, lambda: score([], {})) if 0.0 in ratios or store is None else store.get(base_key)
+    finished = []
+
+    def rows_so_far() -> list[dict]:
+        out = []
+        for strategy, ratio, blocks, kinds, done in finished:
+            drop = rows_drop(base["rows"], done["rows"]).as_row() if base and tasks_have_items(done["rows"]) else {}
+            out += [{"model": model_name, "tp": tp_degree, "strategy": strategy, "spd_ratio": ratio,
+                     "eval_dtype": setting["eval_dtype"], "spd_blocks": blocks,
+                     "recovered": {l: k for l, k in kinds.items() if k != "zs"}, "score_s": done["score_s"],
+                     **drop, **row} for row in done["rows"]]
+        return out + sensitivity_rows(scan, classes, tp_degree, model_name, params)
+
     for strategy, ratio, blocks, kinds, key in tqdm(points, desc=f"sweep TP {tp_degree}", disable=not progress):
-        done = cached(key, lambda: score(blocks, kinds))
-        drop = rows_drop(base["rows"], done["rows"]).as_row() if tasks_have_items(done["rows"]) else {}
-        for row in done["rows"]:
-            rows.append({"model": model_name, "tp": tp_degree, "strategy": strategy, "spd_ratio": ratio,
-                         "eval_dtype": setting["eval_dtype"], "spd_blocks": blocks,
-                         "recovered": {l: k for l, k in kinds.items() if k != "zs"}, "score_s": done["score_s"],
-                         **drop, **row})
-        on_setting(rows + sensitivity_rows(scan, classes, tp_degree, model_name, params))
+        finished.append((strategy, ratio, blocks, kinds, cached(key, lambda: score(blocks, kinds))))
+        on_setting(rows_so_far())
+    if base is None:
+        base = cached(base_key, lambda: score([], {}))
+        on_setting(rows_so_far())
     remove_tp(model)  # recovery trained copies: the model's own weights never changed
-    return rows + sensitivity_rows(scan, classes, tp_degree, model_name, params)
+    return rows_so_far()
 
 
 def tasks_have_items(rows: list[dict]) -> bool:
@@ -190,6 +202,9 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--model", default="smollm2", help=MODEL_HELP)
     p.add_argument("--tp", default="4,3", help="comma-separated TP degrees")
     p.add_argument("--steps", type=int, default=6, help="ratios 0, 1/steps, ..., 1")
+    p.add_argument("--ratios", default=None,
+                   help="comma-separated ratios instead of --steps (e.g. 0.5: one setting, scored in a second "
+                        "process beside a run that scores ratio 0; both share --out's store)")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated, of {','.join(STRATEGIES)}")
     p.add_argument("--tasks", default="offline")
     p.add_argument("--limit", type=int, default=None,
@@ -213,7 +228,8 @@ def cli(argv: list[str]) -> int:
     from spd_ref.models import load_model
 
     model, tokenizer = load_model(args.model)
-    ratios = [i / args.steps for i in range(args.steps + 1)]
+    ratios = ([float(r) for r in args.ratios.split(",")] if args.ratios
+              else [i / args.steps for i in range(args.steps + 1)])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / "store")
