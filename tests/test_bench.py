@@ -103,7 +103,7 @@ def tp2_rows(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "tp2.jsonl"
     done = launch(2, ["bench", "--shape", "tiny", "--batch", "1,2", "--prompt-lens", "8", "--ctx", "16",
                       "--spd-ratios", "0,0.5,1", "--no-comm", "--repeats", "3", "--warmup", "1",
-                      "--prefill-repeats", "2", "--allreduce", "--ar-sizes", "4K,64K", "--ar-repeats", "2",
+                      "--prefill-repeats", "2", "--ar-bench", "--ar-sizes", "4K,64K", "--ar-repeats", "2",
                       "--tag", "test", "--out", str(out)], cpu=True, timeout_s=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return out, [json.loads(line) for line in out.read_text().splitlines()]

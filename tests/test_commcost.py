@@ -100,7 +100,7 @@ def test_fit_on_real_gloo_measurements_is_positive_and_monotone(tmp_path) -> Non
     from spd_ref.launch import launch
 
     out = tmp_path / "ar.jsonl"
-    done = launch(2, ["bench", "--allreduce", "--ar-sizes", "4K,64K,1M,8M", "--ar-repeats", "5",
+    done = launch(2, ["bench", "--ar-bench", "--ar-sizes", "4K,64K,1M,8M", "--ar-repeats", "5",
                       "--ar-per-graph", "4", "--warmup", "1", "--dtype", "fp32", "--out", str(out)],
                   cpu=True, timeout_s=300)
     assert done.returncode == 0, done.stderr[-3000:]

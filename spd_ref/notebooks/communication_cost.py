@@ -26,7 +26,7 @@ def live_allreduce(nproc: int = 2, sizes: str = "1K,4K,16K,64K,256K,1M,4M", time
     with tempfile.TemporaryDirectory() as tmp:  # live rows are this machine's: they stay out of results/
         out = Path(tmp) / "live.jsonl"
         # 20 replays per size and 30 decode steps over 64 cached tokens: about 20 s on 2 cores.
-        done = launch(nproc, ["bench", "--allreduce", "--ar-sizes", sizes, "--ar-repeats", "20", "--warmup", "3",
+        done = launch(nproc, ["bench", "--ar-bench", "--ar-sizes", sizes, "--ar-repeats", "20", "--warmup", "3",
                               "--shape", "tiny", "--batch", "1", "--prompt-lens", "none", "--ctx", "64",
                               "--spd-ratios", "0,1", "--no-comm", "--repeats", "30", "--out", str(out)],
                       timeout_s=timeout_s, cpu=True)
