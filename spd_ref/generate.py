@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from spd_ref.model import DEFAULT_LM_HEAD, LM_HEAD_MODES
-from spd_ref.tp import DEFAULT_TIMEOUT_S, init_distributed, require_torchrun, shutdown
+from spd_ref.tp import ALLREDUCE_KINDS, DEFAULT_ALLREDUCE, DEFAULT_TIMEOUT_S, init_distributed, require_torchrun, shutdown
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the block function")
     p.add_argument("--lm-head", choices=LM_HEAD_MODES, default=DEFAULT_LM_HEAD,
                    help="split: vocab-parallel head + one all-gather; replicated: no collective [ours]")
+    p.add_argument("--allreduce", choices=ALLREDUCE_KINDS, default=DEFAULT_ALLREDUCE,
+                   help=f"sync-point all-reduce [ours: {DEFAULT_ALLREDUCE} = oneshot (symmetric memory) on GPUs "
+                        "with peer access, else nccl (gloo on CPUs)]")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="process-group timeout in seconds")
     p.add_argument("--save-logits", default=None, help="rank 0 saves prefill and decode logits here (torch.save)")
     return p
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> Optional[dict]:
     ctx = init_distributed(args.timeout)
     try:
         dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if ctx.device.type == "cuda" else torch.float32)
+        ctx.use_allreduce(args.allreduce, dtype)
         hf_model, tokenizer = load_model(args.model, dtype=torch.float32)
         overrides, blocks = None, parse_blocks(args.spd_blocks)
         if args.plan:
@@ -93,6 +97,7 @@ def run(args: argparse.Namespace) -> Optional[dict]:
         if not ctx.is_main:
             return None
         result = {"text": tokenizer.decode(tokens[0]), "tokens": tokens[0].tolist(), "tp": ctx.world_size,
+                  "allreduce": ctx.allreduce,
                   "spd_blocks": blocks, "sync_points_per_token": model.sync_points_per_token,
                   "ms_per_token": 1000 * elapsed / args.max_new_tokens}
         if args.save_logits:
@@ -111,7 +116,7 @@ def cli(argv: list[str]) -> int:
         return 2
     if result is not None:
         print(result["text"])
-        print(f"[TP {result['tp']}, SPD blocks {result['spd_blocks'] or 'none'}, "
+        print(f"[TP {result['tp']} ({result['allreduce']}), SPD blocks {result['spd_blocks'] or 'none'}, "
               f"{result['sync_points_per_token']} sync points per token, "
               f"{result['ms_per_token']:.1f} ms/token incl. prefill]")
     return 0

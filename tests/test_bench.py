@@ -56,6 +56,7 @@ def test_llama_shapes_are_the_public_ones() -> None:
 def test_parse_list_and_summary() -> None:
     assert workload.parse_list("1,16", int) == [1, 16]
     assert workload.parse_list("16K,1M", int) == [16384, 1 << 20]
+    assert workload.parse_list("nccl,ring,oneshot", str) == ["nccl", "ring", "oneshot"]  # no suffix on words
     assert workload.parse_list("none") == []
     med, p90 = summarize([float(i) for i in range(1, 11)])
     assert med == 5.5 and p90 == 9.0

@@ -76,7 +76,7 @@ def test_current_rows_take_the_full_post_fusion_sweeps(rows) -> None:
     assert len(pairs) == 6 and 0.015 < delta < 0.021
     assert max(p["per_layer_ms"] for p in pairs) - min(p["per_layer_ms"] for p in pairs) < 0.001
     md = R.markdown(R.measured_table(rows), R.TABLE_COLUMNS)
-    assert md.count("\n") == 25 and "| llama2-70b | 4 | off | 16 | pre-fusion | 26.040 |" in md
+    assert md.count("\n") == 25 and "| llama2-70b | 4 | off | 16 | 512 | nccl | pre-fusion | 26.040 |" in md
 
 
 def test_cost_model_errors_are_summarized_per_tp_and_p2p(rows) -> None:

@@ -10,7 +10,7 @@ import sys
 from typing import Sequence
 
 from spd_ref.evaluation.evaluate import check_hub_for, evaluate_model, format_table, resolve_tasks, write_results
-from spd_ref.tp import in_torchrun
+from spd_ref.tp import ALLREDUCE_KINDS, DEFAULT_ALLREDUCE, in_torchrun
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -24,6 +24,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="first N items of each task")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--allreduce", choices=ALLREDUCE_KINDS, default=DEFAULT_ALLREDUCE,
+                   help="under torchrun: the sync-point all-reduce (see `generate --help`)")
     p.add_argument("--out", default="results/eval.jsonl", help="JSON lines file to append to")
     return p.parse_args(argv)
 

@@ -48,6 +48,7 @@ def evaluate_runtime(args, tasks: list[str]) -> tuple[list[dict], Optional[dict]
     ctx = init_distributed()
     try:
         dtype = getattr(torch, args.dtype)
+        ctx.use_allreduce(args.allreduce, dtype)
         hf_model, tokenizer = load_model(args.model, dtype=dtype)
         blocks, overrides, strategy = parse_blocks(args.spd_blocks), None, "zs" if args.spd_blocks else "none"
         if args.plan:
@@ -60,6 +61,7 @@ def evaluate_runtime(args, tasks: list[str]) -> tuple[list[dict], Optional[dict]
         runtime.set_spd_blocks(blocks)
         rows = evaluate_lm(RuntimeHFLM(runtime, hf_model, tokenizer, args.batch_size), tasks, args.limit)
         meta = {"model": args.model, "tp": ctx.world_size, "strategy": strategy, "runtime": "torchrun",
+                "allreduce": ctx.allreduce,
                 "spd_ratio": len(blocks) / hf_model.config.num_hidden_layers, "spd_blocks": sorted(blocks),
                 "plan": args.plan, "dtype": args.dtype, "limit": args.limit}
         return (rows, meta) if ctx.is_main else ([], None)

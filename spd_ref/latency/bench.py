@@ -252,6 +252,9 @@ def cli(argv: Optional[list[str]] = None) -> int:
     for name, kind in (("batch", int), ("ctx", int), ("prompt_lens", int), ("spd_ratios", float),
                        ("prefill_ratios", float), ("allreduce", str)):
         setattr(args, name, parse_list(getattr(args, name), kind))
+    unknown = [k for k in args.allreduce if k not in ALLREDUCE_KINDS]
+    if unknown or not args.allreduce:
+        parser().error(f"--allreduce {','.join(unknown) or '(empty)'}: use a comma list of {', '.join(ALLREDUCE_KINDS)}")
     return run_then_exit(lambda: run(args))
 
 
