@@ -32,7 +32,7 @@ COMMANDS = {
 
 class CommandParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one `error: ...` line with status 2, and which runs `checks`
-    (functions of the parsed arguments that raise ValueError or OSError) right after parsing."""
+    (functions of the parsed arguments that raise ValueError, OSError or RuntimeError) right after parsing."""
 
     def __init__(self, *args, checks: Sequence[Callable[[argparse.Namespace], None]] = (), **kwargs):
         super().__init__(*args, **kwargs)
@@ -46,7 +46,7 @@ class CommandParser(argparse.ArgumentParser):
         for check in self.checks:
             try:
                 check(parsed)
-            except (ValueError, OSError) as err:
+            except (ValueError, OSError, RuntimeError) as err:
                 self.error(str(err))
         return parsed
 
@@ -67,11 +67,11 @@ def number(kind: type, low: float, high: Optional[float] = None) -> Callable[[st
     return convert
 
 
-def listed(item: Callable[[str], float]) -> Callable[[str], list]:
-    """An argument type: a comma-separated list of `item`, at least one."""
+def listed(item: Callable[[str], float], empty: bool = False) -> Callable[[str], list]:
+    """An argument type: a comma-separated list of `item`, at least one unless `empty`."""
     def convert(text: str) -> list:
         values = [item(part.strip()) for part in text.split(",") if part.strip()]
-        if not values:
+        if not values and not empty:
             raise argparse.ArgumentTypeError(f"{text!r} lists nothing; give comma-separated values")
         return values
     return convert
@@ -116,20 +116,19 @@ def output_file(text: str) -> str:
     return text
 
 
-def input_files(text: str) -> list[str]:
-    """An argument type: a file or a glob that matches at least one file."""
-    files = sorted(f for f in glob.glob(os.path.expanduser(text)) if os.path.isfile(f))
-    if not files:
+def existing_glob(text: str) -> str:
+    """An argument type: a file, or a glob that matches at least one file."""
+    if not any(os.path.isfile(f) for f in glob.glob(text)):
         raise argparse.ArgumentTypeError(f"{text!r} matches no file. Fix: give existing result files "
                                          "(JSON lines, e.g. results/h100/*.jsonl)")
-    return files
+    return text
 
 
 def check_model_args(model: str, tp_degrees: Sequence[int] = (), blocks: Sequence[int] = (),
-                     plan: Optional[str] = None, plan_tp: Optional[int] = None):
+                     plan: Optional[str] = None, plan_tp: Optional[int] = None, seq_len: Optional[int] = None):
     """Read MODEL's config (not its weights) and check what a command will ask of it: each TP degree
-    splits its heads, every SPD block exists, the plan (if any) was made for it and for `plan_tp`
-    ranks (None: any). Raises ValueError / OSError; returns the config."""
+    splits its heads, every SPD block exists, windows of `seq_len` tokens fit its positions, the plan
+    (if any) was made for it and for `plan_tp` ranks (None: any). Raises ValueError / OSError; returns the config."""
     from spd_ref.models import model_config
     from spd_ref.partition import make_partition
 
@@ -145,6 +144,10 @@ def check_model_args(model: str, tp_degrees: Sequence[int] = (), blocks: Sequenc
     if outside:
         raise ValueError(f"SPD block {outside[0]} does not exist: {model!r} has blocks 0-{layers - 1}. "
                          "Fix: give blocks in that range")
+    positions = getattr(config, "max_position_embeddings", None)
+    if seq_len and positions and seq_len > positions:
+        raise ValueError(f"--seq-len {seq_len} is longer than the {positions} positions of {model!r}. "
+                         f"Fix: use --seq-len {positions} or less")
     if plan:
         from spd_ref.plan import check_plan_folder
 

@@ -130,7 +130,7 @@ def check_plan(plan: Plan, model_config=None, tp_degree: Optional[int] = None) -
                          f"tp_degree={plan.tp_degree}, or calibrate again with tp_degree={tp_degree}.")
 
 
-def _write_atomically(path: Path, write) -> None:
+def write_atomically(path: Path, write) -> None:
     """`write(tmp)` a sibling temporary file, then rename it to `path`: a reader sees the old file or the new."""
     tmp = path.with_name(f".{path.name}.partial")
     try:
@@ -153,12 +153,12 @@ def save_plan(plan: Plan, directory: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / PLAN_FILE).unlink(missing_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in plan.weights.items()}
-    _write_atomically(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": str(FORMAT)}))
+    write_atomically(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": str(FORMAT)}))
     meta = {k: v for k, v in asdict(plan).items() if k != "weights"}
     meta["format"] = FORMAT
     meta["weights_file"] = WEIGHTS_FILE
     meta["weights_sha256"] = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
-    _write_atomically(folder / PLAN_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=1) + "\n"))
+    write_atomically(folder / PLAN_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=1) + "\n"))
     return folder
 
 
