@@ -88,13 +88,14 @@ def cli(argv: list[str]) -> int:
     args = p.parse_args(argv)
     from spd_ref.calibration.calibrate import calibrate
     from spd_ref.evaluation.evaluate import evaluate_model
-    from spd_ref.models import load_model, model_label
+    from spd_ref.models import load_model, portable_name
     from spd_ref.plan import apply_plan, save_plan
 
     start = time.time()
     out = Path(args.out)
     model, tokenizer = load_model(args.model)
-    plan = calibrate(model, tokenizer, args.tp, args.ratio, epochs=args.epochs, model_id=args.model)
+    name = portable_name(args.model)
+    plan = calibrate(model, tokenizer, args.tp, args.ratio, epochs=args.epochs, model_id=name)
     save_plan(plan, out / "plan")
     print(plan.table())
     # [ours] calibrate in fp32, score in bf16 (about 3x faster on a CPU; what GPUs serve in)
@@ -120,7 +121,7 @@ def cli(argv: list[str]) -> int:
     figure = save_figure(plan, table, out / "demo.png")
     with open(out / "demo.jsonl", "w") as f:
         for stage, rows in (("original", before), ("spd_plan", after)):
-            f.writelines(json.dumps({"stage": stage, "model": model_label(args.model), "tp": args.tp, "spd_ratio": args.ratio,
+            f.writelines(json.dumps({"stage": stage, "model": name, "tp": args.tp, "spd_ratio": args.ratio,
                                      "eval_dtype": args.eval_dtype, **r}) + "\n" for r in rows)
     print(f"\nplan: {out / 'plan'}  figure: {figure}  rows: {out / 'demo.jsonl'}  ({time.time() - start:.0f} s)")
     return 0

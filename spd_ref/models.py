@@ -266,9 +266,10 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32):
 
 
 @lru_cache(maxsize=None)
-def model_label(name_or_path: str) -> str:
-    """How result rows name a model, the same on every machine: 'smollm2', a hub id, or a local file
-    or folder as NAME@sha256:HEX (a folder: the sha256 of its files' contents in name order)."""
+def portable_name(name_or_path: str) -> str:
+    """How result rows and plans name a model (or a plan folder), the same on every machine: 'smollm2',
+    a hub id, or a local file or folder as NAME@sha256:HEX (a folder: the sha256 of its files' contents
+    in name order). Never a local path."""
     path = Path(name_or_path).expanduser()
     if name_or_path == SMOLLM2 or path.resolve() == cache_dir() / SMOLLM2_FOLDER:
         return SMOLLM2

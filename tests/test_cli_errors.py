@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from spd_ref.models import GGUF_NAME, SMOLLM2_CONFIG, cache_dir, check_gguf, check_safetensors_folder, model_label
+from spd_ref.models import GGUF_NAME, SMOLLM2_CONFIG, cache_dir, check_gguf, check_safetensors_folder, portable_name
 
 GGUF_SIZE = 98_362_432  # SmolLM2-135M-Instruct.Q4_1.gguf
 SECONDS = 30  # per command, importing torch on a loaded 2-core machine included (measured: 2-10 s)
@@ -74,6 +74,8 @@ CASES = {  # id: (argv, what the error line must say); HALF, MB, ... are the fil
     "generate-ids": ("generate --prompt-ids 1,49152", "token 49152 is not in the vocabulary of 'smollm2'"),
     "generate-half-gguf": ("generate --model HALF", f"HALF is truncated or not a GGUF (expected {GGUF_SIZE} bytes, "
                                                     f"found {GGUF_SIZE // 2})"),
+    "generate-folder": ("generate --model ./no/such/folder", "model folder './no/such/folder' does not exist. Fix:"),
+    "generate-hub": ("generate --model nosuch-org/nosuch-model", "could not load model 'nosuch-org/nosuch-model'"),
     "generate-plan": ("generate --plan EMPTY", "no plan.json in 'EMPTY'"),
     "calibrate-ratio": ("calibrate --tp 4 --ratio 1.5 --out EMPTY", "argument --ratio: 1.5 is outside the range. "
                                                                     "Fix: give a number in [0, 1]"),
@@ -165,11 +167,11 @@ def test_whole_gguf_and_safetensors_pass_and_a_cut_safetensors_file_does_not(tmp
         check_safetensors_folder(tmp_path)
 
 
-def test_model_label_is_portable(tmp_path):
-    assert model_label("smollm2") == model_label(str(cache_dir() / "SmolLM2-135M-Instruct")) == "smollm2"
-    assert model_label("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf"
+def test_portable_name_is_portable(tmp_path):
+    assert portable_name("smollm2") == portable_name(str(cache_dir() / "SmolLM2-135M-Instruct")) == "smollm2"
+    assert portable_name("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf"
     (tmp_path / "m.gguf").write_bytes(b"abc")  # sha256 of b"abc" is well known
-    assert model_label(str(tmp_path / "m.gguf")) == \
+    assert portable_name(str(tmp_path / "m.gguf")) == \
         "m.gguf@sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 

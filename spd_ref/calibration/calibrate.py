@@ -27,6 +27,7 @@ from spd_ref.calibration.distill import BATCH_SIZE, EPOCHS, LR, WEIGHT_DECAY, bl
 from spd_ref.calibration.headgroup import MAP_SAMPLES, head_grouping
 from spd_ref.calibration.resume import Checkpoint
 from spd_ref.hf import SimulatedTPLayer, apply_tp, decoder_layers, remove_tp, set_spd_blocks, spd_blocks_of
+from spd_ref.models import portable_name
 from spd_ref.plan import (BlockRecord, Plan, block_prefix, config_signature, package_versions, save_plan,
                    weight_fingerprint)
 from spd_ref.calibration.sensitivity import (STRATEGY, TAU1, TAU2, BlockInputs, capture_block_inputs, classify, perplexity, sensitivity_scan)
@@ -98,7 +99,8 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
                 "epochs": epochs, "b2b": b2b, "hg": hg, "b2b_batch_size": b2b_batch_size,
                 "weight_decay": weight_decay, "map_samples": map_samples, "scan_batch_size": batch_size,
                 "scan_text": "calibration", "suffix_ppl": scan.suffix_ppl}
-    return Plan(model_id or getattr(model.config, "_name_or_path", "") or "unknown", tp_degree, len(layers),
+    model_id = model_id or portable_name(getattr(model.config, "_name_or_path", "") or "unknown")
+    return Plan(model_id, tp_degree, len(layers),
                 config_signature(model.config), weight_fingerprint(model), scan.base_ppl, chosen,
                 sorted(records, key=lambda r: r.block), settings, package_versions(), weights)
 
@@ -157,8 +159,8 @@ def _parser() -> CommandParser:
     p.add_argument("--seed", type=int, default=0, help="window sampling and B2B shuffling seed")
     p.add_argument("--source", default="offline", choices=("offline", "wikitext2"),
                    help="calibration text: offline Wikipedia (gensim) [ours], or the paper's WikiText2 (needs hub)")
-    p.add_argument("--tau1", type=number(float, 0), default=TAU1, help=f"in-sensitive if s_l/PPL <= tau1 [ours] {TAU1}")
-    p.add_argument("--tau2", type=number(float, 0), default=TAU2,
+    p.add_argument("--tau1", type=float, default=TAU1, help=f"in-sensitive if s_l/PPL <= tau1 [ours] {TAU1}")
+    p.add_argument("--tau2", type=float, default=TAU2,
                    help=f"extremely sensitive if s_l/PPL > tau2 [ours] {TAU2}")
     p.add_argument("--lr", type=number(float, 0), default=LR, help=f"B2B AdamW learning rate (paper, LLaMA2) {LR}")
     p.add_argument("--epochs", type=count, default=EPOCHS, help=f"B2B epochs (paper) {EPOCHS}")
@@ -182,10 +184,10 @@ def cli(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from spd_ref.calibration.data import heldout_tokens
     from spd_ref.calibration.resume import FOLDER
-    from spd_ref.models import load_model, model_label
+    from spd_ref.models import load_model
 
     start = time.perf_counter()
-    model_id = model_label(args.model)
+    model_id = portable_name(args.model)
     settings = {k: v for k, v in vars(args).items() if k not in NOT_IN_CHECKPOINT} | {"model": model_id}
     checkpoint = Checkpoint(Path(args.out) / FOLDER, settings)
     model, tokenizer = load_model(args.model, getattr(torch, args.dtype))

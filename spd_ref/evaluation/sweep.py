@@ -26,7 +26,7 @@ from spd_ref.__main__ import CommandParser, check_model_args, listed, number, ou
 from spd_ref.calibration.calibrate import SAMPLES, SEQ_LEN, recover_block
 from spd_ref.hf import apply_tp, decoder_layers, remove_tp
 from spd_ref.calibration.sensitivity import (STRATEGY, BlockClass, baseline_blocks, capture_block_inputs, classify, sensitivity_scan)
-from spd_ref.models import model_label
+from spd_ref.models import portable_name
 from spd_ref.plan import choose_blocks
 
 STRATEGIES = ("random", "zs", "b2b", "hg")
@@ -78,7 +78,7 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
             apply_tp(scorer, tp_degree, blocks)
             scored[key] = evaluate_model(scorer, tokenizer, tasks, limit=limit)
         for row in scored[key]:
-            rows.append({"model": model_label(model.config._name_or_path), "tp": tp_degree, "strategy": strategy,
+            rows.append({"model": portable_name(model.config._name_or_path), "tp": tp_degree, "strategy": strategy,
                          "eval_dtype": str(eval_dtype).removeprefix("torch."),
                          "spd_ratio": ratio, "spd_blocks": blocks, "recovered": {l: k for l, k in kinds.items()
                                                                                 if k != "zs"}, **row})
