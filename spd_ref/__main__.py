@@ -30,11 +30,16 @@ COMMANDS = {
 }
 
 
+REFUSAL = ("Bad arguments are refused before any model loads or process starts: one line, `error: ...`, "
+           "exit status 2.")
+
+
 class CommandParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one `error: ...` line with status 2, and which runs `checks`
     (functions of the parsed arguments that raise ValueError, OSError or RuntimeError) right after parsing."""
 
     def __init__(self, *args, checks: Sequence[Callable[[argparse.Namespace], None]] = (), **kwargs):
+        kwargs["epilog"] = " ".join(filter(None, [kwargs.get("epilog"), REFUSAL]))  # every --help says it
         super().__init__(*args, **kwargs)
         self.checks = list(checks)
 

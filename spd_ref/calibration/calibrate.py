@@ -146,8 +146,7 @@ def _parser() -> CommandParser:
                                   "(Ctrl-C, killed), the same command resumes: the scan and every recovered block "
                                   "are kept in OUT/.calibration/ as they finish. The plan's files are written "
                                   "atomically, plan.json last.",
-                      epilog="Defaults marked [ours] are this project's (the paper does not fix them). Bad "
-                             "arguments are refused before the model loads (one error line, status 2).")
+                      epilog="Defaults marked [ours] are this project's (the paper does not fix them).")
     p.add_argument("--model", default="smollm2", help="'smollm2' (offline), a local folder, a .gguf or a hub id")
     p.add_argument("--tp", type=count, required=True, help="tensor-parallel degree N the plan is for")
     p.add_argument("--ratio", type=number(float, 0, 1), required=True, help="fraction of blocks with SPD (0..1)")

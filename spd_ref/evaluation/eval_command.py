@@ -30,8 +30,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = CommandParser(prog="python -m spd_ref eval", checks=[check_args],
-                      description="lm-eval accuracy and perplexity of a model or an SPD plan. Arguments are "
-                                  "checked against the model's config before it loads; errors: one line, status 2.")
+                      description="lm-eval accuracy and perplexity of a model or an SPD plan")
     p.add_argument("--model", default="smollm2", help="'smollm2' (offline), a local folder, .gguf or hub id")
     p.add_argument("--plan", help="folder of an SPD plan (spd_ref.plan) to apply; sets tp and blocks")
     p.add_argument("--tp", type=number(int, 1), default=None,
