@@ -33,6 +33,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.prompt_ids and max(args.prompt_ids) >= config.vocab_size:
         raise ValueError(f"--prompt-ids: token {max(args.prompt_ids)} is not in the vocabulary of {args.model!r} "
                          f"({config.vocab_size} tokens). Fix: give ids below {config.vocab_size}, or --prompt TEXT")
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions and args.max_new_tokens >= positions:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens} does not fit the {positions} positions of "
+                         f"{args.model!r} with a prompt. Fix: ask for fewer than {positions} tokens")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tp", type=number(int, 1), default=None,
                    help="expected TP degree; checked against the torchrun world size")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--spd-blocks", type=block_list, default="", help="blocks that drop their attention sync, e.g. 0,2,10-29")
+    group.add_argument("--spd-blocks", type=block_list, default="",
+                       help="blocks that drop their attention sync, e.g. 0,2,10-29")
     group.add_argument("--plan", default=None, help="an SPD plan folder from `calibrate` (blocks and weights)")
     p.add_argument("--naive", action="store_true", help="drop the sync WITHOUT SPD's re-wiring (to show why not)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="default: bfloat16 on GPU, float32 on CPU")
@@ -55,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split: vocab-parallel head + one all-gather; replicated: no collective [ours]")
     p.add_argument("--timeout", type=number(float, 1), default=DEFAULT_TIMEOUT_S,
                    help="process-group timeout in seconds: a rank that waits longer for the others gives up [ours]")
-    p.add_argument("--save-logits", type=output_file, default=None, help="rank 0 saves prefill and decode logits here (torch.save)")
+    p.add_argument("--save-logits", type=output_file, default=None,
+                   help="rank 0 saves prefill and decode logits here (torch.save)")
     return p
 
 
@@ -82,7 +88,8 @@ def run(args: argparse.Namespace) -> Optional[dict]:
         model.lm_head_mode = args.lm_head
         if args.compile:
             model.compile_blocks()
-        ids = torch.tensor([args.prompt_ids]) if args.prompt_ids else tokenizer(args.prompt, return_tensors="pt").input_ids
+        ids = (torch.tensor([args.prompt_ids]) if args.prompt_ids
+               else tokenizer(args.prompt, return_tensors="pt").input_ids)
         if ctx.is_main:  # loading takes a while under torchrun: say when it is done
             print(f"loaded {args.model} as {ctx.world_size} shard(s) in {time.perf_counter() - start:.1f} s; "
                   f"generating {args.max_new_tokens} tokens", file=sys.stderr, flush=True)

@@ -177,7 +177,8 @@ def _read_plan(directory: str | Path) -> tuple[dict, Path]:
         raise ValueError(f"{folder / PLAN_FILE} has format {meta.get('format')!r}; this spd_ref reads format "
                          f"{FORMAT}. Fix: calibrate again with this version.")
     weights_path = folder / meta.pop("weights_file")
-    if not weights_path.is_file() or hashlib.sha256(weights_path.read_bytes()).hexdigest() != meta.pop("weights_sha256"):
+    expected = meta.pop("weights_sha256")
+    if not weights_path.is_file() or hashlib.sha256(weights_path.read_bytes()).hexdigest() != expected:
         raise ValueError(f"{weights_path} is missing or does not match the checksum in {PLAN_FILE} (changed or "
                          "truncated). Fix: calibrate again.")
     meta.pop("format")

@@ -76,6 +76,7 @@ CASES = {  # id: (argv, what the error line must say); HALF, MB, ... are the fil
                                                     f"found {GGUF_SIZE // 2})"),
     "generate-folder": ("generate --model ./no/such/folder", "model folder './no/such/folder' does not exist. Fix:"),
     "generate-hub": ("generate --model nosuch-org/nosuch-model", "could not load model 'nosuch-org/nosuch-model'"),
+    "generate-length": ("generate --max-new-tokens 9000", "--max-new-tokens 9000 does not fit the 8192 positions"),
     "generate-plan": ("generate --plan EMPTY", "no plan.json in 'EMPTY'"),
     "calibrate-ratio": ("calibrate --tp 4 --ratio 1.5 --out EMPTY", "argument --ratio: 1.5 is outside the range. "
                                                                     "Fix: give a number in [0, 1]"),
@@ -88,13 +89,15 @@ CASES = {  # id: (argv, what the error line must say); HALF, MB, ... are the fil
     "calibrate-shards": ("calibrate --model SHARDED --tp 3 --ratio 0.5 --out EMPTY",
                          "SHARDED is missing 1 of its 2 weight shards (model-00002-of-00002.safetensors"),
     "calibrate-out": ("calibrate --tp 3 --ratio 0.5 --out FILE", "argument --out: 'FILE' is a file, not a folder"),
-    "calibrate-tau": ("calibrate --tp 3 --ratio 0.5 --out EMPTY --tau1 0.2 --tau2 0.1", "--tau1 0.2 is above --tau2 0.1"),
+    "calibrate-tau": ("calibrate --tp 3 --ratio 0.5 --out EMPTY --tau1 0.2 --tau2 0.1",
+                      "--tau1 0.2 is above --tau2 0.1"),
     "calibrate-seq-len": ("calibrate --tp 3 --ratio 0.5 --out EMPTY --seq-len 9000",
                           "--seq-len 9000 is longer than the 8192 positions of 'smollm2'"),
     "calibrate-samples": ("calibrate --tp 3 --ratio 0.5 --out EMPTY --samples 0", "argument --samples: 0 is outside"),
     "eval-plan": ("eval --plan EMPTY", "no plan.json in 'EMPTY'"),
     "eval-plan-tp": ("eval --plan PLAN3 --tp 4", "the plan was calibrated for tp_degree=3, not tp_degree=4"),
-    "eval-plan-and-blocks": ("eval --plan PLAN3 --spd-blocks 1", "--plan PLAN3 and --spd-blocks both choose SPD blocks"),
+    "eval-plan-and-blocks": ("eval --plan PLAN3 --spd-blocks 1",
+                             "--plan PLAN3 and --spd-blocks both choose SPD blocks"),
     "eval-tasks": ("eval --tasks nosuch", "unknown task 'nosuch'"),
     "eval-limit": ("eval --limit 0", "argument --limit: 0 is outside the range"),
     "eval-hub": ("eval --tasks arc_easy", "tasks arc_easy download their datasets from the Hugging Face hub"),
@@ -152,7 +155,8 @@ def test_a_real_process_exits_2_with_one_line():
 @pytest.mark.parametrize("size", [0, 3, 100, 1_000_000, GGUF_SIZE // 2, GGUF_SIZE - 1])
 def test_truncated_gguf_names_expected_and_found_bytes(tmp_path, size):
     path = truncated_gguf(tmp_path, size)
-    with pytest.raises(ValueError, match=rf"{path} is truncated or not a GGUF \(expected .*found {size if size > 3 else ''}"):
+    found = size if size > 3 else ""  # shorter than the magic: the bytes found are shown instead
+    with pytest.raises(ValueError, match=rf"{path} is truncated or not a GGUF \(expected .*found {found}"):
         check_gguf(path)
 
 

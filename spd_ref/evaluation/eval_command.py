@@ -35,7 +35,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--plan", help="folder of an SPD plan (spd_ref.plan) to apply; sets tp and blocks")
     p.add_argument("--tp", type=number(int, 1), default=None,
                    help="simulated tensor-parallel degree (default 1, or the plan's)")
-    p.add_argument("--spd-blocks", type=block_list, default="", help="0-based blocks to give SPD (zero-shot), e.g. 1,3,5-7")
+    p.add_argument("--spd-blocks", type=block_list, default="",
+                   help="0-based blocks to give SPD (zero-shot), e.g. 1,3,5-7")
     p.add_argument("--tasks", default="offline", help="'offline', 'paper', or comma-separated task names")
     p.add_argument("--limit", type=number(int, 1), default=None, help="first N items of each task")
     p.add_argument("--batch-size", type=number(int, 1), default=16)

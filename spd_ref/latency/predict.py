@@ -208,7 +208,8 @@ def summary(preds: list[dict], ratio: float = 0.7) -> list[dict]:
 
 def cli(argv: Optional[list[str]] = None) -> int:
     p = CommandParser(prog="python -m spd_ref predict", description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", type=existing_glob, nargs="+", required=True, help="measured JSONL files (globs allowed)")
+    p.add_argument("--results", type=existing_glob, nargs="+", required=True,
+                   help="measured JSONL files (globs allowed)")
     p.add_argument("--tp", type=number(int, 1), default=8)
     p.add_argument("--ratios", type=listed(number(float, 0, 1)), default=",".join(map(str, RATIOS)))
     p.add_argument("--what-if-busbw", type=listed(number(float, 0.001), empty=True), default="10",
