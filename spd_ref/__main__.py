@@ -77,7 +77,7 @@ def listed(item: Callable[[str], float], empty: bool = False) -> Callable[[str],
     def convert(text: str) -> list:
         values = [item(part.strip()) for part in text.split(",") if part.strip()]
         if not values and not empty:
-            raise argparse.ArgumentTypeError(f"{text!r} lists nothing; give comma-separated values")
+            raise argparse.ArgumentTypeError(f"{text!r} lists nothing. Fix: give comma-separated values")
         return values
     return convert
 
@@ -88,7 +88,7 @@ def block_list(text: str) -> list[int]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         lo, _, hi = part.partition("-")
         if not (lo.isdigit() and (hi.isdigit() or not hi)) or int(hi or lo) < int(lo):
-            raise argparse.ArgumentTypeError(f"{part!r} is not a block index or range; write e.g. 1,3,5-7")
+            raise argparse.ArgumentTypeError(f"{part!r} is not a block index or range. Fix: write e.g. 1,3,5-7")
         blocks.extend(range(int(lo), int(hi or lo) + 1))
     return blocks
 

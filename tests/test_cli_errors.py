@@ -68,7 +68,8 @@ def files(tmp_path_factory, smollm2):
 CASES = {  # id: (argv, what the error line must say); HALF, MB, ... are the files above
     "generate-tokens": ("generate --max-new-tokens 0", "argument --max-new-tokens: 0 is outside the range. "
                                                        "Fix: give an integer of at least 1"),
-    "generate-blocks": ("generate --spd-blocks 3-x", "argument --spd-blocks: '3-x' is not a block index or range"),
+    "generate-blocks": ("generate --spd-blocks 3-x",
+                        "argument --spd-blocks: '3-x' is not a block index or range. Fix: write e.g. 1,3,5-7"),
     "generate-block-range": ("generate --spd-blocks 28-31", "SPD block 30 does not exist: 'smollm2' has blocks 0-29"),
     "generate-tp": ("generate --tp 2", "--tp 2 needs 2 processes but this run has 1"),
     "generate-ids": ("generate --prompt-ids 1,49152", "token 49152 is not in the vocabulary of 'smollm2'"),
