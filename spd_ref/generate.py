@@ -5,7 +5,9 @@
 
 Each process loads the checkpoint, keeps its own shard (spd_ref.model) and joins the process group
 (gloo on CPU, NCCL on GPU). Without torchrun it runs as one process (TP degree 1). Rank 0 prints
-the continuation and the decode latency.
+the continuation and the decode latency. A rank that dies (killed, or an error) ends the whole job:
+torchrun stops the others and names the failing rank; a rank left waiting in a collective gives up
+after --timeout seconds.
 """
 from __future__ import annotations
 
