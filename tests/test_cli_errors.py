@@ -9,7 +9,8 @@ import time
 import pytest
 
 from conftest import ROOT
-from spd_ref.models import GGUF_NAME, SMOLLM2_CONFIG, cache_dir, check_gguf, check_safetensors_folder, portable_name
+from spd_ref.models import (GGUF_NAME, SMOLLM2_CONFIG, cache_dir, check_gguf, check_safetensors_folder, model_config,
+                            portable_name)
 
 GGUF_SIZE = 98_362_432  # SmolLM2-135M-Instruct.Q4_1.gguf
 SECONDS = 30  # per command, importing torch on a loaded 2-core machine included (measured: 2-10 s)
@@ -44,7 +45,7 @@ def truncated_gguf(folder, size: int):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, smollm2):
+def files(tmp_path_factory):
     """A half and a 1 MB GGUF, a folder missing a shard, a plan for TP 3, an empty folder, a file."""
     from spd_ref.plan import Plan, config_signature, save_plan
 
@@ -56,8 +57,8 @@ def files(tmp_path_factory, smollm2):
                                             "b.weight": "model-00002-of-00002.safetensors"}}
     (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
     (sharded / "model-00001-of-00002.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
-    config = smollm2[0].config
-    save_plan(Plan("smollm2", 3, 30, config_signature(config), [1.0] * 17, 1.0, [], [], {}), tmp / "plan_tp3")
+    signature = config_signature(model_config("smollm2"))
+    save_plan(Plan("smollm2", 3, 30, signature, [1.0] * 17, 1.0, [], [], {}), tmp / "plan_tp3")
     (tmp / "empty").mkdir()
     (tmp / "a_file").write_text("not a folder")
     return {"HALF": str(truncated_gguf(tmp, GGUF_SIZE // 2)), "MB": str(truncated_gguf(tmp, 1_000_000)),
