@@ -87,6 +87,7 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--out", type=output_folder, default="out/demo", help="plan folder, JSON lines and figure go here")
     args = p.parse_args(argv)
     from spd_ref.calibration.calibrate import calibrate
+    from spd_ref.calibration.resume import FOLDER, Checkpoint
     from spd_ref.evaluation.evaluate import evaluate_model
     from spd_ref.models import load_model, portable_name
     from spd_ref.plan import apply_plan, save_plan
@@ -95,9 +96,15 @@ def cli(argv: list[str]) -> int:
     out = Path(args.out)
     model, tokenizer = load_model(args.model)
     name = portable_name(args.model)
-    plan = calibrate(model, tokenizer, args.tp, args.ratio, epochs=args.epochs, model_id=name)
+    # Interrupted, `make demo` resumes its calibration (spd_ref.calibration.resume).
+    settings = {"model": name, "tp": args.tp, "ratio": args.ratio, "epochs": args.epochs}
+    checkpoint = Checkpoint(out / "plan" / FOLDER, settings)
+    plan = calibrate(model, tokenizer, args.tp, args.ratio, epochs=args.epochs, model_id=name, checkpoint=checkpoint)
     save_plan(plan, out / "plan")
+    checkpoint.remove()
     print(plan.table())
+    if checkpoint.reused:
+        print(checkpoint.summary())
     # [ours] calibrate in fp32, score in bf16 (about 3x faster on a CPU; what GPUs serve in)
     scorer = model.to(getattr(torch, args.eval_dtype))
     before = evaluate_model(scorer, tokenizer, "offline", limit=args.limit)

@@ -59,7 +59,7 @@ def test_interrupted_calibration_resumes_without_redoing_blocks(model_dir, tmp_p
     scans, again = counting(monkeypatch, "sensitivity_scan"), counting(monkeypatch, "recover_block")
     assert C.cli(argv(model_dir, out)) == 0
     assert scans == [] and again == recovered[1:]  # neither the scan nor the finished block ran again
-    assert f"read back scan, block {recovered[0]} instead of computing them" in capsys.readouterr().out
+    assert f"resumed an interrupted run: read back scan, block {recovered[0]}\n" in capsys.readouterr().out
     assert json.loads((out / PLAN_FILE).read_text()) == json.loads((straight / PLAN_FILE).read_text())
 
     # A checkpoint of other settings is not used (a fresh scan), and the run says so.

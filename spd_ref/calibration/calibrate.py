@@ -199,7 +199,7 @@ def cli(argv: list[str]) -> int:
     checkpoint.remove()
     print(plan.table())
     if checkpoint.reused:
-        print(f"\nresumed an interrupted run: read back {', '.join(checkpoint.reused)} instead of computing them")
+        print("\n" + checkpoint.summary())
     print(f"\nTP={plan.tp_degree}, ratio={args.ratio}: SPD on {len(plan.spd_blocks)}/{plan.num_blocks} blocks "
           f"{plan.spd_blocks}; calibration PPL (TP) {plan.base_ppl:.3f}")
     if args.eval_windows > 0:

@@ -69,6 +69,10 @@ class Checkpoint:
         write_atomically(records, lambda tmp: tmp.write_text(json.dumps({"hg": hg, "b2b": b2b})))
         return tensors, hg, b2b
 
+    def summary(self) -> str:
+        """What this run read back, for the command's output ("" when nothing)."""
+        return f"resumed an interrupted run: read back {', '.join(self.reused)}" if self.reused else ""
+
     def remove(self) -> None:
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)

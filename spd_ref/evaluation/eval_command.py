@@ -12,7 +12,7 @@ from typing import Sequence
 
 from spd_ref.__main__ import CommandParser, block_list, check_model_args, number, output_file
 from spd_ref.evaluation.evaluate import check_hub_for, evaluate_model, format_table, resolve_tasks, write_results
-from spd_ref.tp import in_torchrun
+from spd_ref.tp import DEFAULT_TIMEOUT_S, in_torchrun
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -42,6 +42,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--batch-size", type=number(int, 1), default=16)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--out", type=output_file, default="results/eval.jsonl", help="JSON lines file to append to")
+    p.add_argument("--timeout", type=number(float, 1), default=DEFAULT_TIMEOUT_S,
+                   help="under torchrun: process-group timeout in seconds, after which a rank left waiting for "
+                        "a dead one gives up [ours]")
     return p.parse_args(argv)
 
 

@@ -44,7 +44,7 @@ def evaluate_runtime(args, tasks: list[str]) -> tuple[list[dict], Optional[dict]
     from spd_ref.models import load_model
     from spd_ref.tp import init_distributed, shutdown
 
-    ctx = init_distributed()
+    ctx = init_distributed(args.timeout)
     try:
         dtype = getattr(torch, args.dtype)
         hf_model, tokenizer = load_model(args.model, dtype=dtype)
