@@ -41,16 +41,15 @@ def evaluate_runtime(args, tasks: list[str]) -> tuple[list[dict], Optional[dict]
     the process group; the TP degree is the number of processes.
     """
     from spd_ref.evaluation.evaluate import evaluate_lm
-    from spd_ref.generate import parse_blocks
     from spd_ref.models import load_model
     from spd_ref.tp import init_distributed, shutdown
 
-    ctx = init_distributed()
+    ctx = init_distributed(args.timeout)
     try:
         dtype = getattr(torch, args.dtype)
         ctx.use_allreduce(args.allreduce, dtype)
         hf_model, tokenizer = load_model(args.model, dtype=dtype)
-        blocks, overrides, strategy = parse_blocks(args.spd_blocks), None, "zs" if args.spd_blocks else "none"
+        blocks, overrides, strategy = args.spd_blocks, None, "zs" if args.spd_blocks else "none"
         if args.plan:
             from spd_ref.plan import load_plan
 

@@ -18,7 +18,6 @@ Both near 1 mean SPD removes communication without adding anything (DESIGN.md, p
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 from collections import defaultdict
@@ -28,6 +27,7 @@ import numpy as np
 
 # The model and its fits; re-exported: callers and docs name them as commcost.X.
 from spd_ref.latency.consistency import consistent_group
+from spd_ref.__main__ import CommandParser, existing_glob
 from spd_ref.latency.alphabeta import BF16_BYTES, AlphaBeta, fit_alpha_beta, fit_ring, fit_ring_overhead, ring_model  # noqa: F401
 
 
@@ -180,9 +180,12 @@ def parse_what_if(spec: str) -> list[tuple[int, bool, Optional[float]]]:
     out = []
     for item in filter(None, spec.split(",")):
         parts = item.split(":")
-        if len(parts) not in (2, 3) or parts[1] not in ("on", "off"):
-            raise ValueError(f"--what-if item {item!r}: write TP:on|off[:BUSBW_GBPS], e.g. 8:off:10")
-        out.append((int(parts[0]), parts[1] == "on", float(parts[2]) if len(parts) == 3 else None))
+        try:
+            if len(parts) not in (2, 3) or parts[1] not in ("on", "off") or int(parts[0]) < 1:
+                raise ValueError
+            out.append((int(parts[0]), parts[1] == "on", float(parts[2]) if len(parts) == 3 else None))
+        except ValueError:
+            raise ValueError(f"--what-if item {item!r} is not TP:on|off[:BUSBW_GBPS]. Fix: write e.g. 8:off:10") from None
     return out
 
 
@@ -241,8 +244,9 @@ def print_what_if(rows, fits, rings, what_if) -> None:
 
 
 def cli(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spd_ref commcost", description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", nargs="+", required=True, help="JSONL files (globs allowed) from bench/peer")
+    p = CommandParser(prog="python -m spd_ref commcost", description=__doc__.split("\n\n")[0],
+                      checks=[lambda args: parse_what_if(args.what_if)])
+    p.add_argument("--results", type=existing_glob, nargs="+", required=True, help="JSONL files (globs allowed) from bench/peer")
     p.add_argument("--what-if", default="", help="TP:on|off[:BUSBW_GBPS],... e.g. 8:on,4:off:10")
     args = p.parse_args(argv)
     rows = load_rows(args.results)

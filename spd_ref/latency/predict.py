@@ -38,7 +38,6 @@ that check; "ring" and "flat" bracket it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -47,6 +46,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from spd_ref.__main__ import CommandParser, existing_glob, listed, number, output_file
 from spd_ref.latency import commcost as C
 from spd_ref.latency.floorfit import floor_fits, measured_floors
 from spd_ref.latency.report import code_version, current_rows, fusion_delta, markdown
@@ -226,20 +226,22 @@ def summary(preds: list[dict], ratio: float = 0.7) -> list[dict]:
 
 
 def cli(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spd_ref predict", description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", nargs="+", required=True, help="measured JSONL files (globs allowed)")
-    p.add_argument("--tp", type=int, default=8)
-    p.add_argument("--ratios", default=",".join(map(str, RATIOS)))
-    p.add_argument("--what-if-busbw", default="10", help="bus GB/s what-ifs for P2P off, comma separated ('' = none)")
+    p = CommandParser(prog="python -m spd_ref predict", description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", type=existing_glob, nargs="+", required=True,
+                   help="measured JSONL files (globs allowed)")
+    p.add_argument("--tp", type=number(int, 1), default=8)
+    p.add_argument("--ratios", type=listed(number(float, 0, 1)), default=",".join(map(str, RATIOS)))
+    p.add_argument("--what-if-busbw", type=listed(number(float, 0.001), empty=True), default="10",
+                   help="bus GB/s what-ifs for P2P off, comma separated ('' = none)")
     p.add_argument("--allreduce", choices=("nccl", "oneshot"), default="nccl", help="the sync points' all-reduce")
-    p.add_argument("--ctx", type=int, default=512, help="predict from the decode rows with this many cached tokens")
-    p.add_argument("--out", help="write the predicted rows (JSONL, overwritten)")
-    p.add_argument("--figure", help="write the PREDICTION figure (PNG)")
+    p.add_argument("--ctx", type=number(int, 1), default=512,
+                   help="predict from the decode rows with this many cached tokens")
+    p.add_argument("--out", type=output_file, help="write the predicted rows (JSONL, overwritten)")
+    p.add_argument("--figure", type=output_file, help="write the PREDICTION figure (PNG)")
     p.add_argument("--validate", action="store_true", help="also predict TP 4 from TP 1/2 and compare")
     args = p.parse_args(argv)
     rows = [r for r in C.load_rows(args.results) if not r.get("prediction")]  # never predict from predictions
-    preds = predict(rows, args.tp, [float(x) for x in args.ratios.split(",")],
-                    [float(x) for x in args.what_if_busbw.split(",") if x.strip()], args.allreduce, args.ctx)
+    preds = predict(rows, args.tp, args.ratios, args.what_if_busbw, args.allreduce, args.ctx)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in preds))

@@ -15,13 +15,13 @@ per-block saving on settings measured both before and after (no-comm floors and 
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 from collections import defaultdict
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from spd_ref.__main__ import CommandParser, existing_glob, output_file
 from spd_ref.latency.commcost import (allreduce_kind, decode_groups, fit_rows, load_rows, prediction_table,
                                      saving_table)
 
@@ -199,9 +199,9 @@ def report(rows: list[dict]) -> str:
 
 
 def cli(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spd_ref report", description=__doc__.split("\n\n")[0])
-    p.add_argument("results", nargs="+", help="JSONL files (globs allowed)")
-    p.add_argument("--figure", help="also write decode ms vs SPD ratio of the current rows (PNG)")
+    p = CommandParser(prog="python -m spd_ref report", description=__doc__.split("\n\n")[0])
+    p.add_argument("results", type=existing_glob, nargs="+", help="JSONL files (globs allowed)")
+    p.add_argument("--figure", type=output_file, help="also write decode ms vs SPD ratio of the current rows (PNG)")
     args = p.parse_args(argv)
     rows = load_rows(args.results)
     print(report(rows))
