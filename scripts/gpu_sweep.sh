@@ -11,8 +11,8 @@
 #   bash scripts/gpu_sweep.sh d      # 2 GPUs, current defaults: 7B TP 2 (on, off), TP 1, TP-4 shard floor
 #   bash scripts/gpu_sweep.sh e      # 4 GPUs, current defaults: 7B TP 4 (on, off), TP 1, the peer (issue 5's TP 4 check)
 #   bash scripts/gpu_sweep.sh h2a    # 2 H200s: 7B TP 2 nccl vs oneshot beside the minimal loop
-#   bash scripts/gpu_sweep.sh h2b    # 2 H200s: 7B TP 2 (nccl, oneshot, P2P off), TP 1, GPU equality check
-#   bash scripts/gpu_sweep.sh h2c    # 2 H200s: 13B TP 2 and TP 1, the peer at TP 2
+#   bash scripts/gpu_sweep.sh h2b    # 2 H200s: 7B TP 2 (nccl, oneshot; P2P off), TP 1, the peer at TP 2
+#   bash scripts/gpu_sweep.sh h2c    # 2 H200s: GPU equality check (nccl, oneshot), 7B cache 2048, 13B TP 2 and TP 1
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -101,6 +101,16 @@ raw() {
   STATUS+=("$name: rc=$rc, $(( SECONDS - t0 )) s")
 }
 
+# peer NPROC CHECKPOINT_S STEP_S BATCHES: transformers' tp_plan on the 7B shape (checkpoint made once).
+peer() {
+  local nproc=$1 ckpt_s=$2 step_s=$3 batches=$4
+  echo "=== peer checkpoint: $PEER_DIR"
+  timeout "$ckpt_s" "$PYTHON" -m spd_ref.latency.peer --make-checkpoint --shape llama2-7b --checkpoint "$PEER_DIR"
+  step "peer-tp$nproc" "$step_s" --nproc "$nproc" --p2p on --module spd_ref.latency.peer --shape llama2-7b \
+    --checkpoint "$PEER_DIR" --batch "$batches" --ctx 512 --compile try --compile-batches 1 --repeats 50 --warmup 5 \
+    --out "$JSONL" --tag "sweep-$PHASE"
+}
+
 finish() {
   echo; echo "=== phase $PHASE steps (${SECONDS} s in all):"; printf '  %s\n' "${STATUS[@]}"
   "$PYTHON" -m spd_ref.latency.plots "$JSONL" || true
@@ -123,11 +133,7 @@ case "$PHASE" in
   b)
     step tp2-p2p-on 240 --nproc 2 --p2p on "${BENCH[@]}" --shape llama2-7b,llama2-13b --ar-bench
     step tp2-p2p-off 200 --nproc 2 --p2p off "${BENCH[@]}" --shape llama2-7b,llama2-13b --ar-bench
-    echo "=== peer checkpoint: $PEER_DIR"
-    timeout 300 "$PYTHON" -m spd_ref.latency.peer --make-checkpoint --shape llama2-7b --checkpoint "$PEER_DIR"
-    step peer-tp4 240 --nproc 4 --p2p on --module spd_ref.latency.peer --shape llama2-7b --checkpoint "$PEER_DIR" \
-      --batch 1,16 --ctx 512 --compile try --compile-batches 1 --repeats 50 --warmup 5 \
-      --out "$JSONL" --tag "sweep-$PHASE"
+    peer 4 300 240 1,16
     ;;
   c)
     # After fusing q/k/v and gate/up (one matmul each): 7B again at TP 4 and 1, then TP 2 for 7B and 13B.
@@ -140,11 +146,7 @@ case "$PHASE" in
   peer)
     step tp4-p2p-on-7b-b1 100 --nproc 4 --p2p on "${BENCH[@]}" --shape llama2-7b --batch 1,16 --prompt-lens 128 \
       --spd-ratios 0,1
-    echo "=== peer checkpoint: $PEER_DIR"
-    timeout 300 "$PYTHON" -m spd_ref.latency.peer --make-checkpoint --shape llama2-7b --checkpoint "$PEER_DIR"
-    step peer-tp4 240 --nproc 4 --p2p on --module spd_ref.latency.peer --shape llama2-7b --checkpoint "$PEER_DIR" \
-      --batch 1,16 --ctx 512 --compile try --compile-batches 1 --repeats 50 --warmup 5 \
-      --out "$JSONL" --tag "sweep-$PHASE"
+    peer 4 300 240 1,16
     ;;
   tune)
     # One experiment: inductor's max-autotune (Triton GEMM templates, fused epilogues) against the
@@ -186,27 +188,7 @@ case "$PHASE" in
     step tp4-p2p-on 200 --nproc 4 --p2p on "${CUR[@]}" --ar-bench
     step tp4-p2p-off 120 --nproc 4 --p2p off "${CUR[@]}"
     step tp1 90 --nproc 1 "${CUR[@]}"
-    echo "=== peer checkpoint: $PEER_DIR"
-    timeout 240 "$PYTHON" -m spd_ref.latency.peer --make-checkpoint --shape llama2-7b --checkpoint "$PEER_DIR"
-    step peer-tp4 150 --nproc 4 --p2p on --module spd_ref.latency.peer --shape llama2-7b --checkpoint "$PEER_DIR" \
-      --batch 1 --ctx 512 --compile try --compile-batches 1 --repeats 50 --warmup 5 \
-      --out "$JSONL" --tag "sweep-$PHASE"
-    ;;
-  h1)
-    # One H200 (issue 11's single-GPU part): the TP-2 floor (--shard-of 2) and TP 1, each compiled as
-    # one graph per step and per block, beside a minimal loop of the same shape; kernels per step.
-    H=(bench --ctx 512 --batch 1 --prompt-lens none --spd-ratios 0 --repeats 200 --warmup 20
-       --shape llama2-7b --out "$JSONL" --tag h1)
-    step shard2-block 90 --nproc 1 "${H[@]}" --shard-of 2 --compile-scope block
-    step shard2-step 150 --nproc 1 "${H[@]}" --shard-of 2 --compile-scope step
-    raw min-shard2 120 "$PYTHON" scripts/minimal_loop.py --shard-of 2 --out "$OUT/minimal_$PHASE.jsonl"
-    for s in step block; do
-      raw "profile-$s" 60 "$PYTHON" scripts/profile_decode.py --shard-of 2 --layers 8 --scope "$s" \
-        --out "$OUT/profile_shard2_$s.txt"
-    done
-    step tp1-step 150 --nproc 1 "${H[@]}" --compile-scope step
-    raw min-tp1 100 "$PYTHON" scripts/minimal_loop.py --out "$OUT/minimal_$PHASE.jsonl"
-    step tp1-block 90 --nproc 1 "${H[@]}" --compile-scope block
+    peer 4 240 150 1
     ;;
   h2a)
     # Two H200s (issue 11, first look): 7B TP 2 batch 1, floor / baseline / SPD 100% with each sync
@@ -229,11 +211,7 @@ case "$PHASE" in
       --allreduce nccl,oneshot --ar-bench
     step tp1 70 --nproc 1 "${R[@]}" --batch 1,16
     step tp2-off 80 --nproc 2 --p2p off "${R[@]}" --batch 1 --spd-ratios 0,0.5,1 --ar-bench --ar-sizes 8K,16K,128K,1M
-    echo "=== peer checkpoint: $PEER_DIR"
-    timeout 100 "$PYTHON" -m spd_ref.latency.peer --make-checkpoint --shape llama2-7b --checkpoint "$PEER_DIR"
-    step peer-tp2 130 --nproc 2 --p2p on --module spd_ref.latency.peer --shape llama2-7b --checkpoint "$PEER_DIR" \
-      --batch 1 --ctx 512 --compile try --compile-batches 1 --repeats 50 --warmup 5 \
-      --out "$JSONL" --tag "sweep-$PHASE"
+    peer 2 100 130 1
     ;;
   h2c)
     # Two H200s, issue 11's record, part 2: the GPU equality check (nccl and oneshot), 7B with 2048

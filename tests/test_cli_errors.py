@@ -116,6 +116,13 @@ CASES = {  # id: (argv, what the error line must say); HALF, MB, ... are the fil
     "report-figure": ("report results/h100/*.jsonl --figure EMPTY", "argument --figure: 'EMPTY' is a folder"),
     "predict-ratios": ("predict --results results/h100/*.jsonl --ratios 0.5,2", "argument --ratios: 2 is outside"),
     "predict-tp": ("predict --results results/h100/*.jsonl --tp x", "argument --tp: 'x' is not an integer"),
+    "bench-allreduce": ("bench --allreduce nccl,ring", "argument --allreduce: ring is not an all-reduce kind. "
+                                                       "Fix: a comma list of auto, nccl, oneshot"),
+    "bench-ratio": ("bench --spd-ratios 0,1.5", "argument --spd-ratios: 1.5 is outside the range"),
+    "bench-shape": ("bench --shape llama3", "argument --shape: unknown shape llama3. Fix: one of"),
+    "bench-model": ("bench --model EMPTY/none", "--model EMPTY/none is not a folder"),
+    "bench-shard-ar": ("bench --shard-of 2 --ar-bench", "--shard-of 2 runs one process with no group"),
+    "peer-batch": ("peer --batch 0", "argument --batch: 0 is outside the range"),
     "unknown-command": ("shout", "unknown command 'shout'. Fix: use one of generate, calibrate"),
 }
 

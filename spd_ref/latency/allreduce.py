@@ -26,8 +26,9 @@ def bench_allreduce(ctx, sizes: Iterable[int], dtype: torch.dtype, meta: dict, w
             print("allreduce: one process, nothing to reduce: skipped", flush=True)
         return
     elem = torch.empty((), dtype=dtype).element_size()
-    for kind in args.allreduce:
-        ctx.use_allreduce(kind, dtype)
+    for asked in args.allreduce:
+        ctx.use_allreduce(asked, dtype)
+        kind = ctx.allreduce  # "auto" resolved
         for size in sizes:
             if kind == "oneshot" and size > ONESHOT_MAX_BYTES:
                 continue  # larger messages go to NCCL (spd_ref.tp): nothing one-shot to time

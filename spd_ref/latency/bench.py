@@ -53,6 +53,7 @@ from typing import Optional
 
 import torch
 
+from spd_ref.__main__ import CommandParser, listed, number, output_file
 from spd_ref.latency.allreduce import DEFAULT_AR_SIZES, bench_allreduce
 from spd_ref.latency.consistency import check_row
 from spd_ref.latency.schema import RowWriter, make_row, run_metadata
@@ -165,19 +166,54 @@ def build_model(ctx, shape: str, args):
 
 
 # ---- command line --------------------------------------------------------------------------------
+def _kinds(text: str) -> list[str]:
+    """An argument type: a comma list of all-reduce kinds."""
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in ALLREDUCE_KINDS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"{','.join(unknown) or repr(text)} is not an all-reduce kind. "
+                                         f"Fix: a comma list of {', '.join(ALLREDUCE_KINDS)}")
+    return kinds
+
+
+def _lengths(text: str) -> list[int]:
+    """An argument type: prompt lengths, or 'none' for no prefill."""
+    return [] if text.strip().lower() == "none" else listed(number(int, 1))(text)
+
+
+def _shapes(text: str) -> list[str]:
+    """An argument type: a comma list of SHAPES."""
+    shapes = parse_list(text, str)
+    unknown = [s for s in shapes if s not in SHAPES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown shape {','.join(unknown)}. Fix: one of {', '.join(SHAPES)}, "
+                                         "or --model PATH")
+    return shapes
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.model and not Path(args.model).is_dir():
+        raise ValueError(f"--model {args.model} is not a folder. Fix: a folder saved with save_pretrained")
+    if args.shard_of > 1 and args.ar_bench:
+        raise ValueError(f"--shard-of {args.shard_of} runs one process with no group: nothing to all-reduce. "
+                         "Fix: leave out --ar-bench")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m spd_ref bench", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="python -m spd_ref bench", description=__doc__.split("\n\n")[0], checks=[_check])
     a = p.add_argument
-    a("--shape", default=None, help=f"comma list of {', '.join(SHAPES)} (default llama2-7b; none with "
-                                   "--ar-bench alone)")
+    a("--shape", type=_shapes, default=None, help=f"comma list of {', '.join(SHAPES)} (default llama2-7b; none with "
+                                                 "--ar-bench alone)")
     a("--model", default=None, help="a checkpoint folder (config.json + safetensors) instead of --shape")
-    a("--layers", type=int, default=None, help="keep only the first K blocks")
+    a("--layers", type=number(int, 1), default=None, help="keep only the first K blocks")
     a("--dtype", choices=sorted(DTYPES), default="bf16")
-    a("--batch", default="1,16", help="comma list of batch sizes")
-    a("--prompt-lens", default="128,2048", help="prefill prompt lengths ('none' to skip prefill)")
-    a("--ctx", default="512", help="comma list: tokens in the KV cache before the timed decode step")
-    a("--spd-ratios", default="0,0.25,0.5,0.75,1", help="decode: shares of blocks with SPD")
-    a("--prefill-ratios", default="0,1", help="prefill: shares of blocks with SPD")
+    a("--batch", type=listed(number(int, 1)), default="1,16", help="comma list of batch sizes")
+    a("--prompt-lens", type=_lengths, default="128,2048", help="prefill prompt lengths ('none' to skip prefill)")
+    a("--ctx", type=listed(number(int, 1)), default="512",
+      help="comma list: tokens in the KV cache before the timed decode step")
+    a("--spd-ratios", type=listed(number(float, 0, 1)), default="0,0.25,0.5,0.75,1",
+      help="decode: shares of blocks with SPD")
+    a("--prefill-ratios", type=listed(number(float, 0, 1)), default="0,1", help="prefill: shares of blocks with SPD")
     a("--plan", default=None, help="SPD plan folder: blocks by sensitivity instead of spread evenly")
     a("--no-comm", action="store_true", help="also measure the floor: every all-reduce removed")
     a("--compile", choices=("auto", "on", "off"), default="auto",
@@ -185,27 +221,28 @@ def parser() -> argparse.ArgumentParser:
     a("--compile-mode", default="max-autotune-no-cudagraphs", choices=("default", "max-autotune-no-cudagraphs"),
       help="torch.compile mode of the decode blocks [ours: max-autotune, 5-10%% faster on H100 than "
            "'default', which compiles in a third of the time]; CUDA graphs are ours either way")
-    a("--allreduce", default=DEFAULT_ALLREDUCE,
-      help=f"comma list of sync-point all-reduces: {', '.join(ALLREDUCE_KINDS)} [ours: {DEFAULT_ALLREDUCE}]. "
-           "oneshot = PyTorch symmetric-memory one-shot all-reduce (GPUs with peer access; no multicast)")
+    a("--allreduce", type=_kinds, default=DEFAULT_ALLREDUCE,
+      help=f"comma list of sync-point all-reduces: {', '.join(ALLREDUCE_KINDS)} [ours: {DEFAULT_ALLREDUCE} = oneshot "
+           "where it runs, measured fastest on 2 x H200, else nccl]. oneshot = PyTorch symmetric-memory one-shot "
+           "all-reduce (GPUs with peer access; no multicast)")
     a("--lm-head", choices=LM_HEAD_MODES, default=DEFAULT_LM_HEAD,
       help="[ours: split] split = vocab-parallel lm_head + one all-gather of the logits; "
            "replicated = every rank reads the whole head, no collective")
-    a("--shard-of", type=int, default=1, metavar="N",
+    a("--shard-of", type=number(int, 1), default=1, metavar="N",
       help="one process, no torchrun: time rank 0's shard of a TP-N model with no communication "
            "(the per-GPU compute of TP N on one GPU; floor rows only, shard_proxy=true)")
     a("--eager", dest="compile", action="store_const", const="off",
       help="same as --compile off (CUDA graphs are still captured on GPUs)")
-    a("--repeats", type=int, default=100, help="timed decode steps per variant")
-    a("--warmup", type=int, default=10, help="untimed replays before timing")
-    a("--prefill-repeats", type=int, default=5, help="timed prefills per variant")
+    a("--repeats", type=number(int, 1), default=100, help="timed decode steps per variant")
+    a("--warmup", type=number(int, 0), default=10, help="untimed replays before timing")
+    a("--prefill-repeats", type=number(int, 1), default=5, help="timed prefills per variant")
     a("--ar-bench", action="store_true", help="run the all-reduce microbenchmark (every --allreduce kind)")
     a("--ar-sizes", default=DEFAULT_AR_SIZES, help="all-reduce message sizes in bytes (K/M suffixes)")
-    a("--ar-per-graph", type=int, default=10, help="all-reduces captured per graph")
-    a("--ar-repeats", type=int, default=30, help="timed graph replays per size")
+    a("--ar-per-graph", type=number(int, 1), default=10, help="all-reduces captured per graph")
+    a("--ar-repeats", type=number(int, 1), default=30, help="timed graph replays per size")
     a("--seed", type=int, default=0)
     a("--tag", default=None, help="free text stored in every row (e.g. the sweep phase)")
-    a("--out", default="results/bench.jsonl", help="JSONL file to append the rows to")
+    a("--out", type=output_file, default="results/bench.jsonl", help="JSONL file to append the rows to")
     return p
 
 
@@ -233,7 +270,7 @@ def run(args) -> list[dict]:
               f"nccl {meta['nccl']} -> {args.out}", flush=True)
     if args.ar_bench:
         bench_allreduce(ctx, parse_list(args.ar_sizes, int), dtype, meta, writer, args)
-    shapes = [args.model] if args.model else parse_list(args.shape or ("" if args.ar_bench else "llama2-7b"), str)
+    shapes = [args.model] if args.model else args.shape or ([] if args.ar_bench else ["llama2-7b"])
     for shape in shapes:
         t0 = time.perf_counter()
         model, label = build_model(ctx, shape, args)
@@ -249,12 +286,6 @@ def run(args) -> list[dict]:
 
 def cli(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
-    for name, kind in (("batch", int), ("ctx", int), ("prompt_lens", int), ("spd_ratios", float),
-                       ("prefill_ratios", float), ("allreduce", str)):
-        setattr(args, name, parse_list(getattr(args, name), kind))
-    unknown = [k for k in args.allreduce if k not in ALLREDUCE_KINDS]
-    if unknown or not args.allreduce:
-        parser().error(f"--allreduce {','.join(unknown) or '(empty)'}: use a comma list of {', '.join(ALLREDUCE_KINDS)}")
     return run_then_exit(lambda: run(args))
 
 

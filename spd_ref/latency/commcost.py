@@ -117,7 +117,9 @@ def saving_table(rows: list[dict]) -> list[dict]:
         share = (base["ms_median"] - floor["ms_median"]) / base["ms_median"] if floor else None
         entries = [(0.0, base)] + sorted(g["spd"].items())
         # Efficiencies only from a group whose rows agree with each other (spd_ref.latency.consistency).
-        trusted = consistent_group([r for _, r in entries])
+        group_rows = [r for _, r in entries] + ([floor] if floor else [])
+        trusted = consistent_group(group_rows)
+        checked = any(r.get("consistent") is not None for r in group_rows)  # rows from before the check: None
         for ratio, r in entries:
             removed = (base["sync_points_per_token"] or 0) - (r["sync_points_per_token"] or 0)
             saved = base["ms_median"] - r["ms_median"]
@@ -131,7 +133,8 @@ def saving_table(rows: list[dict]) -> list[dict]:
                             ctx=r["ctx"], compiled=r["compiled"], allreduce=key[-1], spd_ratio=ratio,
                             syncs=r["sync_points_per_token"], ms=r["ms_median"], p90=r["ms_p90"],
                             floor_ms=floor["ms_median"] if floor else None, saving=saved / base["ms_median"],
-                            comm_share=share, eff_ar=eff_ar, eff_floor=eff_floor, consistent=trusted))
+                            comm_share=share, eff_ar=eff_ar, eff_floor=eff_floor,
+                            consistent=trusted if checked else None))
     return out
 
 

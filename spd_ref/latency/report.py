@@ -134,7 +134,7 @@ def measured_table(rows: list[dict]) -> list[dict]:
         full = eff.get((shape, tp, p2p, batch, ctx, kind, 1.0))
         if full and tp > 1:
             line.update(saving100=full["saving"], comm_share=full["comm_share"], eff_ar=full["eff_ar"],
-                        eff_floor=full["eff_floor"], consistent="yes" if full["consistent"] else "NO")
+                        eff_floor=full["eff_floor"], consistent={True: "yes", False: "NO"}.get(full["consistent"]))
         peer = peers.get((shape, tp, p2p, batch)) if kind == "nccl" else None
         line["peer_ratio"] = peer["ratio"] if peer else None
         out.append(line)
