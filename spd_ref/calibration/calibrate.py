@@ -15,15 +15,19 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
+from spd_ref.__main__ import CommandParser, check_model_args, number, output_folder
 from spd_ref.block import BlockMode
 from spd_ref.calibration.distill import BATCH_SIZE, EPOCHS, LR, WEIGHT_DECAY, block_mse, distill_block, trained_copy
 from spd_ref.calibration.headgroup import MAP_SAMPLES, head_grouping
+from spd_ref.calibration.resume import Checkpoint
 from spd_ref.hf import SimulatedTPLayer, apply_tp, decoder_layers, remove_tp, set_spd_blocks, spd_blocks_of
+from spd_ref.models import portable_name
 from spd_ref.plan import (BlockRecord, Plan, block_prefix, config_signature, package_versions, save_plan,
                    weight_fingerprint)
 from spd_ref.calibration.sensitivity import (STRATEGY, TAU1, TAU2, BlockInputs, capture_block_inputs, classify, perplexity, sensitivity_scan)
@@ -48,12 +52,13 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
               tau1: float = TAU1, tau2: float = TAU2, lr: float = LR, epochs: int = EPOCHS,
               b2b: bool = True, hg: bool = True, b2b_batch_size: int = BATCH_SIZE,
               weight_decay: float = WEIGHT_DECAY, map_samples: int = MAP_SAMPLES, batch_size: int = SCAN_BATCH,
-              model_id: Optional[str] = None, progress: bool = True) -> Plan:
+              model_id: Optional[str] = None, progress: bool = True, checkpoint: Optional[Checkpoint] = None) -> Plan:
     """Calibrate an SPD plan for `model` at `tp_degree` ranks with SPD on round(ratio * L) blocks.
 
     tokens: calibration windows (n, T); when None, `spd_ref.calibration.data.calibration_tokens(tokenizer, samples,
     seq_len, seed, source)`. [ours] The scan measures perplexity on these calibration windows (held-out
     text stays for evaluation). The model is left as it was found (weights, TP state, SPD blocks).
+    checkpoint: where finished work is kept and read back from (spd_ref.calibration.resume), or None.
     """
     given = tokens is not None
     if not given:
@@ -65,7 +70,8 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
     apply_tp(model, tp_degree)
     try:
         cache = capture_block_inputs(model, tokens, batch_size, progress)
-        scan = sensitivity_scan(model, cache, progress=progress)
+        keep = checkpoint or Checkpoint(None)
+        scan = keep.scan(lambda: sensitivity_scan(model, cache, progress=progress))
         classes = classify(scan, tau1, tau2)
         chosen = choose_blocks(scan.scores, ratio)
         records, weights = [], {}
@@ -76,9 +82,9 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
             records.append(record)
             if strategy == "zs":
                 continue
-            block_weights, record.hg, record.b2b = recover_block(
+            block_weights, record.hg, record.b2b = keep.block(l, lambda: recover_block(
                 model, cache, l, strategy, lr=lr, epochs=epochs, b2b_batch_size=b2b_batch_size,
-                weight_decay=weight_decay, map_samples=map_samples, seed=seed, progress=progress)
+                weight_decay=weight_decay, map_samples=map_samples, seed=seed, progress=progress))
             weights.update(block_weights)
         for l in sorted(set(range(len(layers))) - set(chosen)):
             records.append(BlockRecord(l, scan.scores[l], scan.relative[l], classes[l].value,
@@ -93,7 +99,8 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
                 "epochs": epochs, "b2b": b2b, "hg": hg, "b2b_batch_size": b2b_batch_size,
                 "weight_decay": weight_decay, "map_samples": map_samples, "scan_batch_size": batch_size,
                 "scan_text": "calibration", "suffix_ppl": scan.suffix_ppl}
-    return Plan(model_id or getattr(model.config, "_name_or_path", "") or "unknown", tp_degree, len(layers),
+    model_id = model_id or portable_name(getattr(model.config, "_name_or_path", "") or "unknown")
+    return Plan(model_id, tp_degree, len(layers),
                 config_signature(model.config), weight_fingerprint(model), scan.base_ppl, chosen,
                 sorted(records, key=lambda r: r.block), settings, package_versions(), weights)
 
@@ -124,49 +131,75 @@ def recover_block(model: nn.Module, cache: BlockInputs, block: int, strategy: st
     return {prefix + name: p.detach().clone() for name, p in layer.named_parameters()}, hg, b2b
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m spd_ref calibrate",
-                                description="SPD calibration: sensitivity scan, B2B, HG; writes a plan folder.",
-                                epilog="Defaults marked [ours] are this project's (the paper does not fix them).")
+def check_args(args: argparse.Namespace) -> None:
+    """The model's heads against --tp, the window length against its positions, tau1 <= tau2."""
+    if args.tau1 > args.tau2:
+        raise ValueError(f"--tau1 {args.tau1} is above --tau2 {args.tau2}: in-sensitive blocks must score below "
+                         "extremely sensitive ones. Fix: give tau1 <= tau2")
+    check_model_args(args.model, [args.tp], seq_len=args.seq_len)
+
+
+def _parser() -> CommandParser:
+    count = number(int, 1)
+    p = CommandParser(prog="python -m spd_ref calibrate", checks=[check_args],
+                      description="SPD calibration: sensitivity scan, B2B, HG; writes a plan folder. Interrupted "
+                                  "(Ctrl-C, killed), the same command resumes: the scan and every recovered block "
+                                  "are kept in OUT/.calibration/ as they finish. The plan's files are written "
+                                  "atomically, plan.json last.",
+                      epilog="Defaults marked [ours] are this project's (the paper does not fix them).")
     p.add_argument("--model", default="smollm2", help="'smollm2' (offline), a local folder, a .gguf or a hub id")
-    p.add_argument("--tp", type=int, required=True, help="tensor-parallel degree N the plan is for")
-    p.add_argument("--ratio", type=float, required=True, help="fraction of blocks with SPD (0..1)")
-    p.add_argument("--out", required=True, help="folder to write plan.json and weights.safetensors into")
-    p.add_argument("--samples", type=int, default=SAMPLES, help=f"calibration windows [ours] {SAMPLES}; paper 128")
-    p.add_argument("--seq-len", type=int, default=SEQ_LEN, help=f"tokens per window [ours] {SEQ_LEN}; paper 2048")
+    p.add_argument("--tp", type=count, required=True, help="tensor-parallel degree N the plan is for")
+    p.add_argument("--ratio", type=number(float, 0, 1), required=True, help="fraction of blocks with SPD (0..1)")
+    p.add_argument("--out", type=output_folder, required=True,
+                   help="folder to write plan.json and weights.safetensors into")
+    p.add_argument("--samples", type=count, default=SAMPLES, help=f"calibration windows [ours] {SAMPLES}; paper 128")
+    p.add_argument("--seq-len", type=number(int, 2), default=SEQ_LEN,
+                   help=f"tokens per window [ours] {SEQ_LEN}; paper 2048")
     p.add_argument("--seed", type=int, default=0, help="window sampling and B2B shuffling seed")
     p.add_argument("--source", default="offline", choices=("offline", "wikitext2"),
                    help="calibration text: offline Wikipedia (gensim) [ours], or the paper's WikiText2 (needs hub)")
     p.add_argument("--tau1", type=float, default=TAU1, help=f"in-sensitive if s_l/PPL <= tau1 [ours] {TAU1}")
-    p.add_argument("--tau2", type=float, default=TAU2, help=f"extremely sensitive if s_l/PPL > tau2 [ours] {TAU2}")
-    p.add_argument("--lr", type=float, default=LR, help=f"B2B AdamW learning rate (paper, LLaMA2) {LR}")
-    p.add_argument("--epochs", type=int, default=EPOCHS, help=f"B2B epochs (paper) {EPOCHS}")
-    p.add_argument("--b2b-batch-size", type=int, default=BATCH_SIZE, help=f"B2B windows per step [ours] {BATCH_SIZE}")
-    p.add_argument("--map-samples", type=int, default=MAP_SAMPLES, help=f"HG windows for maps [ours] {MAP_SAMPLES}")
-    p.add_argument("--batch-size", type=int, default=SCAN_BATCH, help=f"scan windows per pass [ours] {SCAN_BATCH}")
+    p.add_argument("--tau2", type=float, default=TAU2,
+                   help=f"extremely sensitive if s_l/PPL > tau2 [ours] {TAU2}")
+    p.add_argument("--lr", type=number(float, 0), default=LR, help=f"B2B AdamW learning rate (paper, LLaMA2) {LR}")
+    p.add_argument("--epochs", type=count, default=EPOCHS, help=f"B2B epochs (paper) {EPOCHS}")
+    p.add_argument("--b2b-batch-size", type=count, default=BATCH_SIZE, help=f"B2B windows per step [ours] {BATCH_SIZE}")
+    p.add_argument("--map-samples", type=count, default=MAP_SAMPLES, help=f"HG windows for maps [ours] {MAP_SAMPLES}")
+    p.add_argument("--batch-size", type=count, default=SCAN_BATCH, help=f"scan windows per pass [ours] {SCAN_BATCH}")
     p.add_argument("--no-b2b", action="store_true", help="skip B2B (sensitive blocks get zero-shot SPD)")
     p.add_argument("--no-hg", action="store_true", help="skip HG (extremely sensitive blocks get B2B only)")
-    p.add_argument("--eval-windows", type=int, default=8,
+    p.add_argument("--eval-windows", type=number(int, 0), default=8,
                    help="held-out windows for the final perplexity check, 0 to skip [ours] 8")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model dtype [ours] float32")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
+# Arguments that change neither the scan nor any recovered block: a checkpoint made with others still holds.
+NOT_IN_CHECKPOINT = ("out", "eval_windows", "quiet")
+
+
 def cli(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from spd_ref.calibration.data import heldout_tokens
+    from spd_ref.calibration.resume import FOLDER
     from spd_ref.models import load_model
 
     start = time.perf_counter()
+    model_id = portable_name(args.model)
+    settings = {k: v for k, v in vars(args).items() if k not in NOT_IN_CHECKPOINT} | {"model": model_id}
+    checkpoint = Checkpoint(Path(args.out) / FOLDER, settings)
     model, tokenizer = load_model(args.model, getattr(torch, args.dtype))
     plan = calibrate(model, tokenizer, args.tp, args.ratio, samples=args.samples, seq_len=args.seq_len,
                      seed=args.seed, source=args.source, tau1=args.tau1, tau2=args.tau2, lr=args.lr,
                      epochs=args.epochs, b2b=not args.no_b2b, hg=not args.no_hg, b2b_batch_size=args.b2b_batch_size,
-                     map_samples=args.map_samples, batch_size=args.batch_size, model_id=args.model,
-                     progress=not args.quiet)
+                     map_samples=args.map_samples, batch_size=args.batch_size, model_id=model_id,
+                     progress=not args.quiet, checkpoint=checkpoint)
     folder = save_plan(plan, args.out)
+    checkpoint.remove()
     print(plan.table())
+    if checkpoint.reused:
+        print("\n" + checkpoint.summary())
     print(f"\nTP={plan.tp_degree}, ratio={args.ratio}: SPD on {len(plan.spd_blocks)}/{plan.num_blocks} blocks "
           f"{plan.spd_blocks}; calibration PPL (TP) {plan.base_ppl:.3f}")
     if args.eval_windows > 0:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -27,13 +26,14 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
+from spd_ref.__main__ import CommandParser, check_model_args, listed, number, output_folder
 from spd_ref.calibration.calibrate import SAMPLES, SEQ_LEN, recover_block
 from spd_ref.calibration.sensitivity import (STRATEGY, BlockClass, SensitivityScan, baseline_blocks,
                                              capture_block_inputs, classify, sensitivity_scan)
 from spd_ref.evaluation.statistics import Drop, format_drop, rows_drop
 from spd_ref.evaluation.store import ResultStore
 from spd_ref.hf import apply_tp, decoder_layers, remove_tp
-from spd_ref.models import MODEL_HELP
+from spd_ref.models import MODEL_HELP, portable_name
 from spd_ref.plan import choose_blocks
 
 STRATEGIES = ("random", "zs", "b2b", "hg")
@@ -197,49 +197,63 @@ def report(rows: list[dict], ppl_metric: str = "word_perplexity") -> str:
     return "\n".join(lines)
 
 
+def strategy(text: str) -> str:
+    """An argument type: one of STRATEGIES."""
+    if text not in STRATEGIES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a strategy. Fix: use {', '.join(STRATEGIES)}")
+    return text
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """What can be known before the model loads: the rows to report, or the tasks and the model's heads."""
+    if args.report:
+        if not list(Path(args.out).glob("sweep_tp*.jsonl")):
+            raise ValueError(f"--report: no sweep_tp*.jsonl in {args.out!r}. Fix: give the --out folder of a sweep")
+        return
+    from spd_ref.evaluation.evaluate import check_hub_for, resolve_tasks
+
+    check_hub_for(resolve_tasks(args.tasks))
+    check_model_args(args.model, args.tp, seq_len=args.seq_len)
+
+
 def cli(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m spd_ref sweep", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="python -m spd_ref sweep", description=__doc__.split("\n\n")[0], checks=[check_args])
     p.add_argument("--model", default="smollm2", help=MODEL_HELP)
-    p.add_argument("--tp", default="4,3", help="comma-separated TP degrees")
-    p.add_argument("--steps", type=int, default=6, help="ratios 0, 1/steps, ..., 1")
-    p.add_argument("--ratios", default=None,
+    p.add_argument("--tp", type=listed(number(int, 1)), default="4,3", help="comma-separated TP degrees")
+    p.add_argument("--steps", type=number(int, 1), default=6, help="ratios 0, 1/steps, ..., 1")
+    p.add_argument("--ratios", type=listed(number(float, 0, 1)), default=None,
                    help="comma-separated ratios instead of --steps (e.g. 0.5: one setting, scored in a second "
                         "process beside a run that scores ratio 0; both share --out's store)")
-    p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated, of {','.join(STRATEGIES)}")
+    p.add_argument("--strategies", type=listed(strategy), default=",".join(STRATEGIES),
+                   help=f"comma-separated, of {','.join(STRATEGIES)}")
     p.add_argument("--tasks", default="offline")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=number(int, 1), default=None,
                    help="items per task [ours: all of the offline suite, 1250 accuracy items]")
-    p.add_argument("--samples", type=int, default=SAMPLES)
-    p.add_argument("--seq-len", type=int, default=SEQ_LEN)
+    p.add_argument("--samples", type=number(int, 1), default=SAMPLES)
+    p.add_argument("--seq-len", type=number(int, 2), default=SEQ_LEN)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/sweep", help="rows, figure, and OUT/store: what a rerun resumes from")
+    p.add_argument("--out", type=output_folder, default="results/sweep",
+                   help="rows, figure, and OUT/store: what a rerun resumes from")
     p.add_argument("--report", action="store_true", help="only print the tables of the rows already in --out")
     args = p.parse_args(argv)
     if args.report:
         print(report(load_rows(args.out)))
         return 0
-    strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
-    bad = [s for s in strategies if s not in STRATEGIES] + ([] if args.steps >= 1 else [f"--steps {args.steps}"])
-    if bad or not strategies:
-        print(f"error: {bad[0] if bad else 'no strategy'} is not valid: use --steps >= 1 and strategies "
-              f"of {','.join(STRATEGIES)}", file=sys.stderr)
-        return 2
     from spd_ref.evaluation.plots import plot_sweep
     from spd_ref.models import load_model
 
     model, tokenizer = load_model(args.model)
-    ratios = ([float(r) for r in args.ratios.split(",")] if args.ratios
-              else [i / args.steps for i in range(args.steps + 1)])
+    ratios = args.ratios or [i / args.steps for i in range(args.steps + 1)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / "store")
-    for tp in (int(t) for t in args.tp.split(",")):
+    for tp in args.tp:
         def write(rows: list[dict], path: Path = out / f"sweep_tp{tp}.jsonl") -> None:
             # One file per TP degree, rewritten as settings finish: degrees can run as separate processes.
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
         sweep_tp(model, tokenizer, tp, ratios, args.tasks, args.limit, args.samples, args.seq_len, args.seed,
-                 strategies, model_name=args.model, store=store, on_setting=write)
+                 tuple(args.strategies), model_name=portable_name(args.model), store=store, on_setting=write)
     rows = load_rows(out)
     plot_sweep(rows, out / "sweep.png", title=args.model)
     print(report(rows))
