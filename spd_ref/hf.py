@@ -51,8 +51,8 @@ class RankPartialsOProj(nn.Module):
         self.columns = [range(s.q_heads.start * head_dim, s.q_heads.stop * head_dim) for s in partition.shards]
         index = padded_index(self.columns, self.weight.shape[1], self.weight.device)
         self.register_buffer("column_index", index, persistent=False)
-        self.mode = "ranks"  # "ranks": stacked partials, rank by rank; "batched": the same in one bmm;
-        # "whole": the plain o_proj (bias included), for a TP block run as the original layer
+        self.mode = "ranks"  # "ranks": stacked partials, rank by rank; "batched": the same, one matmul
+        # per rank in a batch; "whole": the plain o_proj (bias included), for a TP block run as the original layer
 
     def forward(self, attn: torch.Tensor) -> torch.Tensor:
         if self.mode == "whole":
@@ -123,9 +123,13 @@ class SimulatedTPLayer:
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         o_proj = self.self_attn.o_proj
         if self.fast and self.block_mode is BlockMode.TP:
-            o_proj.mode = "whole"  # the original layer: equal to the sum over ranks up to float order
-            return super().forward(hidden_states, *args, **kwargs)
-        o_proj.mode = "batched" if self.fast else "ranks"
+            # The original layer: equal to the sum over ranks up to float order. o_proj returns the
+            # whole product only for this call: anyone calling self_attn directly gets the partials.
+            o_proj.mode, partials_mode = "whole", o_proj.mode
+            try:
+                return super().forward(hidden_states, *args, **kwargs)
+            finally:
+                o_proj.mode = partials_mode
         partials, _ = self.self_attn(self.input_layernorm(hidden_states), *args, **kwargs)
         mlp_shards = self.mlp_shards_batched if self.fast else self.mlp_shards
         return block_residual(hidden_states, partials, mlp_shards, self.post_attention_layernorm,
@@ -162,6 +166,7 @@ def apply_tp(model: nn.Module, tp_degree: int, spd_blocks: Iterable[int] = (),
     head_dim = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
     for layer in decoder_layers(model):
         layer.self_attn.o_proj = RankPartialsOProj(layer.self_attn.o_proj, head_dim, partition)
+        layer.self_attn.o_proj.mode = "batched" if fast else "ranks"
         layer.__class__ = _tp_class(type(layer))
         layer.partition, layer.fast = partition, fast
         mlp_cols = [s.mlp_cols for s in partition.shards]

@@ -159,3 +159,20 @@ def test_bad_input_errors(smollm2):
         remove_tp(model)
     with pytest.raises(FileNotFoundError, match=r"'/no/such/model' does not exist.*Fix"):
         load_model("/no/such/model")
+
+
+def test_self_attn_called_directly_returns_rank_partials_after_a_fast_tp_forward():
+    """HG (calibration/headgroup.py) calls self_attn itself: the fast TP path's whole o_proj product
+    must not leak out of the layer's own forward."""
+    model = random_model(tiny_config(heads=6, kv_heads=2, hidden=96))
+    ids = torch.randint(0, 256, (1, 9))
+    apply_tp(model, 3)  # every block TP: the fast path runs them as the original layer
+    captured = {}
+    layer = model.model.layers[1]
+    hook = layer.register_forward_pre_hook(lambda m, a, kw: captured.update(x=a[0] if a else kw["hidden_states"],
+                                                                             kw=kw), with_kwargs=True)
+    logits(model, ids)
+    hook.remove()
+    kw = {k: v for k, v in captured["kw"].items() if k != "hidden_states"}
+    partials, _ = layer.self_attn(layer.input_layernorm(captured["x"]), **kw)
+    assert partials.shape == (3, 1, 9, 96)
