@@ -21,8 +21,9 @@ import torch
 import torch.nn as nn
 
 from spd_ref.block import BlockMode
-from spd_ref.calibration.distill import BATCH_SIZE, EPOCHS, LR, WEIGHT_DECAY, block_mse, distill_block, trained_copy
-from spd_ref.calibration.headgroup import MAP_SAMPLES, head_grouping
+from spd_ref.calibration.distill import (BATCH_SIZE, EPOCHS, HOLDOUT, LR, WEIGHT_DECAY, block_mse, distill_block,
+                                         split_windows, trained_copy)
+from spd_ref.calibration.headgroup import MAP_SAMPLES, RULE, RULES, head_grouping, tp_outputs
 from spd_ref.hf import SimulatedTPLayer, apply_tp, decoder_layers, remove_tp, set_spd_blocks, spd_blocks_of
 from spd_ref.plan import (BlockRecord, Plan, block_prefix, config_signature, package_versions, save_plan,
                    weight_fingerprint)
@@ -48,6 +49,7 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
               tau1: float = TAU1, tau2: float = TAU2, lr: float = LR, epochs: int = EPOCHS,
               b2b: bool = True, hg: bool = True, b2b_batch_size: int = BATCH_SIZE,
               weight_decay: float = WEIGHT_DECAY, map_samples: int = MAP_SAMPLES, batch_size: int = SCAN_BATCH,
+              hg_rule: str = RULE, holdout: float = HOLDOUT, sequential: bool = False,
               model_id: Optional[str] = None, progress: bool = True) -> Plan:
     """Calibrate an SPD plan for `model` at `tp_degree` ranks with SPD on round(ratio * L) blocks.
 
@@ -68,18 +70,15 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
         scan = sensitivity_scan(model, cache, progress=progress)
         classes = classify(scan, tau1, tau2)
         chosen = choose_blocks(scan.scores, ratio)
-        records, weights = [], {}
         layers = decoder_layers(model)
-        for l in chosen:
-            strategy = _strategy(classes[l], b2b, hg)
-            record = BlockRecord(l, scan.scores[l], scan.relative[l], classes[l].value, strategy, True)
-            records.append(record)
-            if strategy == "zs":
-                continue
-            block_weights, record.hg, record.b2b = recover_block(
-                model, cache, l, strategy, lr=lr, epochs=epochs, b2b_batch_size=b2b_batch_size,
-                weight_decay=weight_decay, map_samples=map_samples, seed=seed, progress=progress)
-            weights.update(block_weights)
+        strategies = {l: _strategy(classes[l], b2b, hg) for l in chosen}
+        weights, recovered = recover_blocks(
+            model, cache, strategies, sequential, lr=lr, epochs=epochs, b2b_batch_size=b2b_batch_size,
+            weight_decay=weight_decay, map_samples=map_samples, hg_rule=hg_rule, holdout=holdout, seed=seed,
+            progress=progress)
+        records = [BlockRecord(l, scan.scores[l], scan.relative[l], classes[l].value, strategies[l], True,
+                               hg=recovered.get(l, (None, None))[0], b2b=recovered.get(l, (None, None))[1])
+                   for l in chosen]
         for l in sorted(set(range(len(layers))) - set(chosen)):
             records.append(BlockRecord(l, scan.scores[l], scan.relative[l], classes[l].value,
                                        _strategy(classes[l], b2b, hg), False))
@@ -92,36 +91,78 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
                 "source": "given" if given else source, "tau1": tau1, "tau2": tau2, "lr": lr,
                 "epochs": epochs, "b2b": b2b, "hg": hg, "b2b_batch_size": b2b_batch_size,
                 "weight_decay": weight_decay, "map_samples": map_samples, "scan_batch_size": batch_size,
+                "hg_rule": hg_rule, "b2b_holdout": holdout, "b2b_inputs": "sequential" if sequential else "tp",
                 "scan_text": "calibration", "suffix_ppl": scan.suffix_ppl}
     return Plan(model_id or getattr(model.config, "_name_or_path", "") or "unknown", tp_degree, len(layers),
                 config_signature(model.config), weight_fingerprint(model), scan.base_ppl, chosen,
                 sorted(records, key=lambda r: r.block), settings, package_versions(), weights)
 
 
-def recover_block(model: nn.Module, cache: BlockInputs, block: int, strategy: str, *, lr: float = LR,
-                  epochs: int = EPOCHS, b2b_batch_size: int = BATCH_SIZE, weight_decay: float = WEIGHT_DECAY,
-                  map_samples: int = MAP_SAMPLES, seed: int = 0,
-                  progress: bool = True) -> tuple[dict[str, torch.Tensor], Optional[dict], Optional[dict]]:
-    """Recover one SPD block ("b2b", "hg" or "hg+b2b") on a copy of the model's block.
+def recover_layer(layer: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, kwargs: dict, strategy: str, *,
+                  lr: float = LR, epochs: int = EPOCHS, b2b_batch_size: int = BATCH_SIZE,
+                  weight_decay: float = WEIGHT_DECAY, map_samples: int = MAP_SAMPLES, hg_rule: str = RULE,
+                  holdout: float = HOLDOUT, seed: int = 0, progress: bool = True,
+                  desc: str = "B2B") -> tuple[nn.Module, Optional[dict], Optional[dict]]:
+    """Recover a copy of one SPD block ("b2b", "hg" or "hg+b2b") on its inputs and TP targets.
 
-    Returns the copy's weights under the model's state-dict names, and the HG and B2B records (None
-    where not run); the HG record includes the block's MSE before and after HG (zero-shot SPD).
-    `cache` is the TP model's BlockInputs (sensitivity.capture_block_inputs).
+    HG scores its candidates on the windows B2B trains on, so B2B's held-out windows stay unseen.
+    Returns the copy and the HG and B2B records (None where not run); the HG record includes the
+    block's MSE on all windows before and after HG (zero-shot SPD).
     """
-    layer, hg, b2b = trained_copy(decoder_layers(model)[block]), None, None
-    inputs, targets = cache.hidden[block], cache.hidden[block + 1]
+    layer, hg, b2b = trained_copy(layer), None, None
     if strategy.startswith("hg"):
         layer.block_mode = BlockMode.SPD  # errors before and after HG show what HG alone changes
-        zero_shot = block_mse(layer, inputs, targets, cache.kwargs, cache.batch_size)
-        hg = head_grouping(layer, inputs, cache.kwargs, map_samples).as_dict()
+        zero_shot = block_mse(layer, inputs, targets, kwargs)
+        train = split_windows(inputs.shape[0], holdout)[0] if strategy.endswith("b2b") else slice(None)
+        hg = head_grouping(layer, inputs[train], kwargs, map_samples, rule=hg_rule).as_dict()
         hg["mse_zero_shot"] = zero_shot
-        hg["mse_after_hg"] = block_mse(layer, inputs, targets, cache.kwargs, cache.batch_size)
+        hg["mse_after_hg"] = block_mse(layer, inputs, targets, kwargs)
     if strategy.endswith("b2b"):
-        b2b = distill_block(layer, inputs, targets, cache.kwargs, lr=lr, epochs=epochs, batch_size=b2b_batch_size,
-                            weight_decay=weight_decay, seed=seed, progress=progress,
-                            desc=f"B2B block {block}").as_dict()
+        b2b = distill_block(layer, inputs, targets, kwargs, lr=lr, epochs=epochs, batch_size=b2b_batch_size,
+                            weight_decay=weight_decay, holdout=holdout, seed=seed, progress=progress,
+                            desc=desc).as_dict()
+    return layer, hg, b2b
+
+
+def recover_block(model: nn.Module, cache: BlockInputs, block: int, strategy: str,
+                  **options) -> tuple[dict[str, torch.Tensor], Optional[dict], Optional[dict]]:
+    """Recover one SPD block on a copy, on the TP model's inputs (`cache`, capture_block_inputs).
+
+    Returns the copy's weights under the model's state-dict names and the HG and B2B records;
+    `options` are recover_layer's keywords.
+    """
+    layer, hg, b2b = recover_layer(decoder_layers(model)[block], cache.hidden[block], cache.hidden[block + 1],
+                                   cache.kwargs, strategy, desc=f"B2B block {block}", **options)
     prefix = block_prefix(model, block)
     return {prefix + name: p.detach().clone() for name, p in layer.named_parameters()}, hg, b2b
+
+
+def recover_blocks(model: nn.Module, cache: BlockInputs, strategies: dict[int, str], sequential: bool = False,
+                   **options) -> tuple[dict[str, torch.Tensor], dict[int, tuple[Optional[dict], Optional[dict]]]]:
+    """Recover every SPD block of `strategies` (block -> "zs", "b2b", "hg" or "hg+b2b").
+
+    sequential=False: each block trains on the TP model's inputs (METHOD.md s.4, independent blocks).
+    [ours] sequential=True: block l trains on the outputs of blocks 0..l-1 as the plan will run them
+    (SPD blocks already recovered), towards the TP block's output on those same inputs.
+    Returns the changed weights and each recovered block's (HG, B2B) records.
+    """
+    if not sequential:
+        out = {l: recover_block(model, cache, l, s, **options) for l, s in strategies.items() if s != "zs"}
+        return {k: v for w, _, _ in out.values() for k, v in w.items()}, {l: r[1:] for l, r in out.items()}
+    weights, records, layers = {}, {}, decoder_layers(model)
+    h = cache.hidden[0]
+    for l in range(max(strategies, default=-1) + 1):
+        layer, strategy = layers[l], strategies.get(l)
+        if strategy not in (None, "zs"):
+            layer, *records[l] = recover_layer(layer, h, tp_outputs(layer, h, cache.kwargs), cache.kwargs,
+                                               strategy, desc=f"B2B block {l}", **options)
+            prefix = block_prefix(model, l)
+            weights.update({prefix + name: p.detach().clone() for name, p in layer.named_parameters()})
+        was, layer.block_mode = layer.block_mode, BlockMode.SPD if l in strategies else BlockMode.TP
+        with torch.no_grad():
+            h = torch.cat([layer(x, **cache.kwargs) for x in h.split(cache.batch_size)])
+        layer.block_mode = was
+    return weights, {l: tuple(r) for l, r in records.items()}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -146,6 +187,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=SCAN_BATCH, help=f"scan windows per pass [ours] {SCAN_BATCH}")
     p.add_argument("--no-b2b", action="store_true", help="skip B2B (sensitive blocks get zero-shot SPD)")
     p.add_argument("--no-hg", action="store_true", help="skip HG (extremely sensitive blocks get B2B only)")
+    p.add_argument("--hg-rule", default=RULE, choices=RULES,
+                   help="HG: 'error' keeps a regrouping only if it lowers the block error [ours]; 'paper': max-norm")
+    p.add_argument("--b2b-holdout", type=float, default=HOLDOUT,
+                   help=f"fraction of windows B2B holds out to pick its epoch or refuse training [ours] {HOLDOUT}")
+    p.add_argument("--b2b-sequential", action="store_true",
+                   help="B2B inputs from the recovered SPD blocks before each block, not the TP model [ours] off")
     p.add_argument("--eval-windows", type=int, default=8,
                    help="held-out windows for the final perplexity check, 0 to skip [ours] 8")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model dtype [ours] float32")
@@ -163,7 +210,8 @@ def cli(argv: list[str]) -> int:
     plan = calibrate(model, tokenizer, args.tp, args.ratio, samples=args.samples, seq_len=args.seq_len,
                      seed=args.seed, source=args.source, tau1=args.tau1, tau2=args.tau2, lr=args.lr,
                      epochs=args.epochs, b2b=not args.no_b2b, hg=not args.no_hg, b2b_batch_size=args.b2b_batch_size,
-                     map_samples=args.map_samples, batch_size=args.batch_size, model_id=args.model,
+                     map_samples=args.map_samples, batch_size=args.batch_size, hg_rule=args.hg_rule,
+                     holdout=args.b2b_holdout, sequential=args.b2b_sequential, model_id=args.model,
                      progress=not args.quiet)
     folder = save_plan(plan, args.out)
     print(plan.table())

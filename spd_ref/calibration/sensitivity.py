@@ -13,7 +13,7 @@ block on its inputs from the original model, which are exactly `BlockInputs.hidd
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
 
@@ -134,23 +134,30 @@ def capture_block_inputs(model: nn.Module, tokens: torch.Tensor, batch_size: int
     return cache
 
 
-def _head_nll(model: nn.Module, last_hidden: torch.Tensor, tokens: torch.Tensor) -> float:
-    """Summed next-token negative log-likelihood from the last block's output (final norm + lm_head)."""
+def _head_nll(model: nn.Module, last_hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Next-token negative log-likelihood of each window (summed over its positions) from the last
+    block's output (final norm + lm_head): shape (B,)."""
     logits = model.get_output_embeddings()(model.model.norm(last_hidden)).float()
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum").item()
+    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+    return nll.view(tokens.shape[0], -1).sum(1)
 
 
 @torch.no_grad()
-def suffix_perplexity(model: nn.Module, cache: BlockInputs, start: int) -> float:
-    """Perplexity of the calibration windows when blocks start..L-1 run as the model is set now and
-    blocks before `start` are taken from the cache (the plain TP model's activations)."""
+def suffix_window_nll(model: nn.Module, cache: BlockInputs, start: int) -> torch.Tensor:
+    """Summed NLL of each calibration window (n,) when blocks start..L-1 run as the model is set now
+    and blocks before `start` are taken from the cache (the plain TP model's activations)."""
     layers = decoder_layers(model)
-    nll = 0.0
+    out = []
     for rows, h in cache.batches(start):
         for layer in layers[start:]:
             h = layer(h, **cache.kwargs)
-        nll += _head_nll(model, h, cache.tokens[rows])
-    return math.exp(nll / cache.tokens[:, 1:].numel())
+        out.append(_head_nll(model, h, cache.tokens[rows]).cpu().double())
+    return torch.cat(out)
+
+
+def suffix_perplexity(model: nn.Module, cache: BlockInputs, start: int) -> float:
+    """Perplexity of the calibration windows with blocks before `start` from the cache (suffix_window_nll)."""
+    return math.exp(suffix_window_nll(model, cache, start).sum().item() / cache.tokens[:, 1:].numel())
 
 
 @torch.no_grad()
@@ -174,12 +181,16 @@ class SensitivityScan:
     """Result of the back-to-front scan (METHOD.md s.3).
 
     base_ppl: the TP model (no SPD block). suffix_ppl[l]: SPD on blocks l..L-1 (suffix_ppl[L] = base_ppl).
-    scores[l] = suffix_ppl[l] - suffix_ppl[l + 1]: the perplexity block l adds.
+    scores[l] = suffix_ppl[l] - suffix_ppl[l + 1]: the perplexity block l adds. window_nll[l]: each
+    window's summed NLL under suffix l, and tokens_per_window, for the scan's noise
+    (spd_ref.calibration.noise).
     """
 
     base_ppl: float
     suffix_ppl: list[float]
     scores: list[float]
+    window_nll: list[list[float]] = field(default_factory=list)
+    tokens_per_window: int = 0
 
     @property
     def relative(self) -> list[float]:
@@ -201,17 +212,20 @@ def sensitivity_scan(model: nn.Module, cache: BlockInputs, mode: BlockMode = Blo
     if len(cache.hidden) != num + 1:
         raise ValueError(f"the cache holds {len(cache.hidden)} activations but the model has {num} blocks "
                          f"(expected {num + 1}). Fix: capture_block_inputs with this model.")
-    suffix = [0.0] * (num + 1)
-    suffix[num] = suffix_perplexity(model, cache, num)
+    count = cache.tokens.shape[1] - 1
+    nll = [torch.zeros(0)] * (num + 1)
+    nll[num] = suffix_window_nll(model, cache, num)
     bar = tqdm(reversed(range(num)), total=num, desc="sensitivity scan", disable=not progress)
     try:
         for l in bar:
             set_spd_blocks(model, range(l, num), mode)
-            suffix[l] = suffix_perplexity(model, cache, l)
-            bar.set_postfix(block=l, ppl=f"{suffix[l]:.3f}")
+            nll[l] = suffix_window_nll(model, cache, l)
+            bar.set_postfix(block=l, ppl=f"{math.exp(nll[l].mean().item() / count):.3f}")
     finally:
         _restore(model, was)
-    return SensitivityScan(suffix[num], suffix, [suffix[l] - suffix[l + 1] for l in range(num)])
+    suffix = [math.exp(x.mean().item() / count) for x in nll]
+    return SensitivityScan(suffix[num], suffix, [suffix[l] - suffix[l + 1] for l in range(num)],
+                           [x.tolist() for x in nll], count)
 
 
 class BlockClass(str, Enum):
