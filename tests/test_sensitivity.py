@@ -147,3 +147,19 @@ def test_scan_interval_shrinks_with_more_data():
     inside = sum(lo <= r <= hi for lo, hi, r in zip(intervals.low, intervals.high, many.relative))
     assert inside == len(many.relative)  # the point estimate lies in its own bootstrap interval
     assert relative_draws(many, draws=7).shape == (7, 3)
+
+
+def test_bf16_and_disk_caches_give_the_same_scan(tmp_path):
+    from conftest import random_model, tiny_config
+
+    model = apply_tp(random_model(tiny_config(heads=4, kv_heads=2, layers=3)), 2)
+    tokens = torch.randint(0, 256, (6, 24), generator=torch.Generator().manual_seed(0))
+    memory = capture_block_inputs(model, tokens, batch_size=4, progress=False)
+    disk = capture_block_inputs(model, tokens, batch_size=4, progress=False, offload=tmp_path)
+    half = capture_block_inputs(model, tokens, batch_size=4, progress=False, dtype=torch.bfloat16, offload=tmp_path / "h")
+    assert len(list(tmp_path.glob("hidden_*.bin"))) == 4 and half.hidden[1].dtype == torch.bfloat16
+    assert half.block(1).dtype == torch.float32  # batches come back in the model's dtype
+    assert sum(t.nbytes for t in half.hidden) * 2 == sum(t.nbytes for t in memory.hidden)
+    scans = [sensitivity_scan(model, c, progress=False) for c in (memory, disk, half)]
+    assert scans[1].suffix_ppl == scans[0].suffix_ppl  # the same numbers, stored elsewhere
+    assert scans[2].suffix_ppl == pytest.approx(scans[0].suffix_ppl, rel=1e-3)  # bf16 rounding only

@@ -50,7 +50,7 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
               b2b: bool = True, hg: bool = True, b2b_batch_size: int = BATCH_SIZE,
               weight_decay: float = WEIGHT_DECAY, map_samples: int = MAP_SAMPLES, batch_size: int = SCAN_BATCH,
               hg_rule: str = RULE, holdout: float = HOLDOUT, sequential: bool = False,
-              model_id: Optional[str] = None, progress: bool = True) -> Plan:
+              cache_dtype: Optional[torch.dtype] = None, offload: Optional[str] = None, model_id: Optional[str] = None, progress: bool = True) -> Plan:
     """Calibrate an SPD plan for `model` at `tp_degree` ranks with SPD on round(ratio * L) blocks.
 
     tokens: calibration windows (n, T); when None, `spd_ref.calibration.data.calibration_tokens(tokenizer, samples,
@@ -66,7 +66,7 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
     model.eval()
     apply_tp(model, tp_degree)
     try:
-        cache = capture_block_inputs(model, tokens, batch_size, progress)
+        cache = capture_block_inputs(model, tokens, batch_size, progress, dtype=cache_dtype, offload=offload)
         scan = sensitivity_scan(model, cache, progress=progress)
         classes = classify(scan, tau1, tau2)
         chosen = choose_blocks(scan.scores, ratio)
@@ -92,6 +92,7 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
                 "epochs": epochs, "b2b": b2b, "hg": hg, "b2b_batch_size": b2b_batch_size,
                 "weight_decay": weight_decay, "map_samples": map_samples, "scan_batch_size": batch_size,
                 "hg_rule": hg_rule, "b2b_holdout": holdout, "b2b_inputs": "sequential" if sequential else "tp",
+                "cache_dtype": str(cache_dtype or "model").removeprefix("torch."),
                 "scan_text": "calibration", "suffix_ppl": scan.suffix_ppl}
     return Plan(model_id or getattr(model.config, "_name_or_path", "") or "unknown", tp_degree, len(layers),
                 config_signature(model.config), weight_fingerprint(model), scan.base_ppl, chosen,
@@ -131,7 +132,7 @@ def recover_block(model: nn.Module, cache: BlockInputs, block: int, strategy: st
     Returns the copy's weights under the model's state-dict names and the HG and B2B records;
     `options` are recover_layer's keywords.
     """
-    layer, hg, b2b = recover_layer(decoder_layers(model)[block], cache.hidden[block], cache.hidden[block + 1],
+    layer, hg, b2b = recover_layer(decoder_layers(model)[block], cache.block(block), cache.block(block + 1),
                                    cache.kwargs, strategy, desc=f"B2B block {block}", **options)
     prefix = block_prefix(model, block)
     return {prefix + name: p.detach().clone() for name, p in layer.named_parameters()}, hg, b2b
@@ -150,7 +151,7 @@ def recover_blocks(model: nn.Module, cache: BlockInputs, strategies: dict[int, s
         out = {l: recover_block(model, cache, l, s, **options) for l, s in strategies.items() if s != "zs"}
         return {k: v for w, _, _ in out.values() for k, v in w.items()}, {l: r[1:] for l, r in out.items()}
     weights, records, layers = {}, {}, decoder_layers(model)
-    h = cache.hidden[0]
+    h = cache.block(0)
     for l in range(max(strategies, default=-1) + 1):
         layer, strategy = layers[l], strategies.get(l)
         if strategy not in (None, "zs"):
@@ -193,6 +194,10 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"fraction of windows B2B holds out to pick its epoch or refuse training [ours] {HOLDOUT}")
     p.add_argument("--b2b-sequential", action="store_true",
                    help="B2B inputs from the recovered SPD blocks before each block, not the TP model [ours] off")
+    p.add_argument("--cache-dtype", default="model", choices=("model", "bfloat16"),
+                   help="how block activations are stored: the model's dtype, or bfloat16 (half the memory)")
+    p.add_argument("--cache-dir", default=None,
+                   help="keep block activations in memory-mapped files in this folder (host disk), not on the device")
     p.add_argument("--eval-windows", type=int, default=8,
                    help="held-out windows for the final perplexity check, 0 to skip [ours] 8")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model dtype [ours] float32")
@@ -211,7 +216,9 @@ def cli(argv: list[str]) -> int:
                      seed=args.seed, source=args.source, tau1=args.tau1, tau2=args.tau2, lr=args.lr,
                      epochs=args.epochs, b2b=not args.no_b2b, hg=not args.no_hg, b2b_batch_size=args.b2b_batch_size,
                      map_samples=args.map_samples, batch_size=args.batch_size, hg_rule=args.hg_rule,
-                     holdout=args.b2b_holdout, sequential=args.b2b_sequential, model_id=args.model,
+                     holdout=args.b2b_holdout, sequential=args.b2b_sequential, offload=args.cache_dir,
+                     cache_dtype=None if args.cache_dtype == "model" else getattr(torch, args.cache_dtype),
+                     model_id=args.model,
                      progress=not args.quiet)
     folder = save_plan(plan, args.out)
     print(plan.table())
