@@ -5,7 +5,7 @@
 
 Rows go to results/recovery/{blocks,tokens}.jsonl; a setting already there is skipped, so an
 interrupted run resumes where it stopped. Held-out perplexity: the first 8 held-out windows of 256
-tokens (spd_ref.calibration.data.heldout_tokens), the issue's setting.
+tokens (spd_ref.calibration.data.heldout_tokens), the issue's setting (drop_shared=False: its text).
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def block_records(recovered: dict) -> dict:
 def blocks(model, tok) -> None:
     path = OUT / "blocks.jsonl"
     finished = done(path)
-    held = heldout_tokens(tok, HELD[1], HELD[0])
+    held = heldout_tokens(tok, HELD[1], HELD[0], drop_shared=False)
     cache = capture_block_inputs(model, calibration_tokens(tok, 8, 256, 0), progress=False)
     if "TP" not in finished:
         write(path, {"key": "TP", "variant": "TP (no SPD)", "heldout_ppl": perplexity(model, held)})
@@ -97,7 +97,7 @@ def blocks(model, tok) -> None:
 def tokens(model, tok, settings: list[str]) -> None:
     path = OUT / "tokens.jsonl"
     finished = done(path)
-    held = heldout_tokens(tok, HELD[1], HELD[0])
+    held = heldout_tokens(tok, HELD[1], HELD[0], drop_shared=False)
     for setting in settings:
         shape, seed = setting.split(":")
         n, seq = (int(x) for x in shape.split("x"))
