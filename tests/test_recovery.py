@@ -57,3 +57,20 @@ def test_apply_plan_on_a_planned_model_resets_the_earlier_plan():
     back = apply_plan(twice, first)  # and back again: the first plan exactly
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(),
                                                   apply_plan(copy.deepcopy(original), first).state_dict().values()))
+
+
+def test_hg_before_b2b_never_raises_the_heldout_error():
+    from spd_ref.calibration.calibrate import recover_layer
+
+    for seed in range(4):
+        model = apply_tp(random_model(tiny_config(heads=4, kv_heads=2, layers=2), seed), 4)
+        cache = capture_block_inputs(model, _tokens(8, 16, seed), progress=False)
+        for l in range(2):
+            x, y = cache.hidden[l], cache.hidden[l + 1]
+            spd = copy.deepcopy(decoder_layers(model)[l])
+            spd.block_mode = BlockMode.SPD
+            before = block_mse(spd, x[6:], y[6:], cache.kwargs)  # the 2 windows B2B holds out
+            layer, hg, b2b = recover_layer(decoder_layers(model)[l], x, y, cache.kwargs, "hg+b2b", epochs=0,
+                                           progress=False)
+            assert block_mse(layer, x[6:], y[6:], cache.kwargs) <= before * (1 + 1e-6)
+            assert hg["kept"] or hg["mse_after_hg"] == pytest.approx(hg["mse_zero_shot"])

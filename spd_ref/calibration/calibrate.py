@@ -24,6 +24,7 @@ from spd_ref.block import BlockMode
 from spd_ref.calibration.distill import (BATCH_SIZE, EPOCHS, HOLDOUT, LR, WEIGHT_DECAY, block_mse, distill_block,
                                          split_windows, trained_copy)
 from spd_ref.calibration.headgroup import MAP_SAMPLES, RULE, RULES, head_grouping, tp_outputs
+from spd_ref.calibration.noise import DRAWS, LEVEL, scan_intervals
 from spd_ref.hf import SimulatedTPLayer, apply_tp, decoder_layers, remove_tp, set_spd_blocks, spd_blocks_of
 from spd_ref.plan import (BlockRecord, Plan, block_prefix, config_signature, package_versions, save_plan,
                    weight_fingerprint)
@@ -68,6 +69,7 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
     try:
         cache = capture_block_inputs(model, tokens, batch_size, progress, dtype=cache_dtype, offload=offload)
         scan = sensitivity_scan(model, cache, progress=progress)
+        noise = scan_intervals(scan)  # [ours] bootstrap over windows: which scores the data can resolve
         classes = classify(scan, tau1, tau2)
         chosen = choose_blocks(scan.scores, ratio)
         layers = decoder_layers(model)
@@ -93,7 +95,9 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
                 "weight_decay": weight_decay, "map_samples": map_samples, "scan_batch_size": batch_size,
                 "hg_rule": hg_rule, "b2b_holdout": holdout, "b2b_inputs": "sequential" if sequential else "tp",
                 "cache_dtype": str(cache_dtype or "model").removeprefix("torch."),
-                "scan_text": "calibration", "suffix_ppl": scan.suffix_ppl}
+                "scan_text": "calibration", "suffix_ppl": scan.suffix_ppl,
+                "scan_noise": {"level": LEVEL, "draws": DRAWS, "low": noise.low, "high": noise.high,
+                               "median_half_width": noise.median_half_width()}}
     return Plan(model_id or getattr(model.config, "_name_or_path", "") or "unknown", tp_degree, len(layers),
                 config_signature(model.config), weight_fingerprint(model), scan.base_ppl, chosen,
                 sorted(records, key=lambda r: r.block), settings, package_versions(), weights)
@@ -106,16 +110,23 @@ def recover_layer(layer: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                   desc: str = "B2B") -> tuple[nn.Module, Optional[dict], Optional[dict]]:
     """Recover a copy of one SPD block ("b2b", "hg" or "hg+b2b") on its inputs and TP targets.
 
-    HG scores its candidates on the windows B2B trains on, so B2B's held-out windows stay unseen.
-    Returns the copy and the HG and B2B records (None where not run); the HG record includes the
-    block's MSE on all windows before and after HG (zero-shot SPD).
+    Before B2B, HG scores its candidates on the windows B2B trains on, and [ours] its choice is
+    undone if it raises the error on B2B's held-out windows (a regrouping fitted to a few windows
+    can), so neither step can make the block worse on text it did not see. Returns the copy and the
+    HG and B2B records (None where not run); the HG record includes the block's MSE on all windows
+    before and after HG (zero-shot SPD) and whether HG was kept.
     """
     layer, hg, b2b = trained_copy(layer), None, None
     if strategy.startswith("hg"):
         layer.block_mode = BlockMode.SPD  # errors before and after HG show what HG alone changes
         zero_shot = block_mse(layer, inputs, targets, kwargs)
-        train = split_windows(inputs.shape[0], holdout)[0] if strategy.endswith("b2b") else slice(None)
+        train, held = split_windows(inputs.shape[0], holdout if strategy.endswith("b2b") else 0.0)
+        own = {k: v.clone() for k, v in layer.state_dict().items()}
+        held_before = block_mse(layer, inputs[held], targets[held], kwargs)
         hg = head_grouping(layer, inputs[train], kwargs, map_samples, rule=hg_rule).as_dict()
+        hg["kept"] = train == held or block_mse(layer, inputs[held], targets[held], kwargs) <= held_before
+        if not hg["kept"]:
+            layer.load_state_dict(own)
         hg["mse_zero_shot"] = zero_shot
         hg["mse_after_hg"] = block_mse(layer, inputs, targets, kwargs)
     if strategy.endswith("b2b"):
@@ -224,6 +235,8 @@ def cli(argv: list[str]) -> int:
     print(plan.table())
     print(f"\nTP={plan.tp_degree}, ratio={args.ratio}: SPD on {len(plan.spd_blocks)}/{plan.num_blocks} blocks "
           f"{plan.spd_blocks}; calibration PPL (TP) {plan.base_ppl:.3f}")
+    print(f"scan noise: the median 95% interval of s_l / PPL is +-{plan.settings['scan_noise']['median_half_width']:.2%} "
+          f"(tau1 {args.tau1:.2%}); more --samples narrow it")
     if args.eval_windows > 0:
         held = heldout_tokens(tokenizer, args.seq_len, args.eval_windows)
         apply_tp(model, plan.tp_degree)

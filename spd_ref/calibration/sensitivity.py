@@ -134,15 +134,17 @@ class BlockClass(str, Enum):
 
 STRATEGY = {BlockClass.INSENSITIVE: "zs", BlockClass.SENSITIVE: "b2b", BlockClass.EXTREME: "hg+b2b"}
 
-TAU1 = 0.005  # [ours] 0.5% of the base perplexity per block
+TAU1 = 0.02   # [ours] 2% of the base perplexity per block: above the scan's noise at 8 x 256 tokens
+#               (bootstrap 95% half-widths of the near-zero blocks of SmolLM2 at TP 4: 1.2-2.5%, docs/calibration.md)
 TAU2 = 0.05   # [ours] 5% of the base perplexity per block
 
 
 def classify(scan: SensitivityScan, tau1: float = TAU1, tau2: float = TAU2) -> list[BlockClass]:
     """Class of every block from its relative score s_l / PPL_base.
 
-    [ours] tau1 = 0.005 and tau2 = 0.05 are relative perplexity increases per block (the paper gives
+    [ours] tau1 = 0.02 and tau2 = 0.05 are relative perplexity increases per block (the paper gives
     no values); relative, so that one pair of thresholds means the same for any model and text.
+    tau1 sits above the scan's noise at calibrate's default 8 x 256 tokens (spd_ref.calibration.noise).
     Negative thresholds are allowed (e.g. tau2 < 0 sends every block to HG + B2B).
     """
     if not tau1 < tau2:
