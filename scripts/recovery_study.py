@@ -36,6 +36,9 @@ VARIANTS = {
     "HG (error) + B2B": ("hg+b2b", {"hg_rule": "error"}),
     "B2B, sequential": ("b2b", {"sequential": True}),
     "HG (error) + B2B, sequential": ("hg+b2b", {"hg_rule": "error", "sequential": True}),
+    "B2B, sequential, model targets": ("b2b", {"sequential": True, "targets": "model"}),
+    "HG (error) + B2B, sequential, model targets": ("hg+b2b", {"hg_rule": "error", "sequential": True,
+                                                              "targets": "model"}),
 }
 
 
@@ -68,8 +71,8 @@ def heldout_ppl(model, held, weights: dict) -> float:
 def block_records(recovered: dict) -> dict:
     out = {}
     for l, (hg, b2b) in recovered.items():
-        out[str(l)] = {"hg": hg and {k: hg[k] for k in ("pairing", "mlp_perm", "head_perm", "mse_zero_shot",
-                                                       "mse_after_hg")},
+        out[str(l)] = {"hg": hg and {k: hg.get(k) for k in ("pairing", "mlp_perm", "head_perm", "mse_zero_shot",
+                                                           "mse_after_hg", "kept")},
                        "b2b": b2b and {k: b2b[k] for k in ("mse_before", "mse_after", "best_epoch", "kept",
                                                           "heldout_curve")}}
     return out
@@ -86,9 +89,9 @@ def blocks(model, tok) -> None:
         if name in finished:
             continue
         options = dict(options)
-        sequential = options.pop("sequential", False)
+        sequential, targets = options.pop("sequential", False), options.pop("targets", "block")
         start = time.perf_counter()
-        weights, recovered = recover_blocks(model, cache, {l: strategy for l in BLOCKS}, sequential,
+        weights, recovered = recover_blocks(model, cache, {l: strategy for l in BLOCKS}, sequential, targets,
                                             progress=False, **options)
         write(path, {"key": name, "variant": name, "heldout_ppl": heldout_ppl(model, held, weights),
                      "recover_s": round(time.perf_counter() - start, 1), "blocks": block_records(recovered)})

@@ -150,14 +150,19 @@ def recover_block(model: nn.Module, cache: BlockInputs, block: int, strategy: st
 
 
 def recover_blocks(model: nn.Module, cache: BlockInputs, strategies: dict[int, str], sequential: bool = False,
-                   **options) -> tuple[dict[str, torch.Tensor], dict[int, tuple[Optional[dict], Optional[dict]]]]:
+                   targets: str = "block", **options) -> tuple[dict[str, torch.Tensor], dict[int, tuple[Optional[dict], Optional[dict]]]]:
     """Recover every SPD block of `strategies` (block -> "zs", "b2b", "hg" or "hg+b2b").
 
     sequential=False: each block trains on the TP model's inputs (METHOD.md s.4, independent blocks).
     [ours] sequential=True: block l trains on the outputs of blocks 0..l-1 as the plan will run them
-    (SPD blocks already recovered), towards the TP block's output on those same inputs.
+    (SPD blocks already recovered), towards targets="block": the TP block's output on those same
+    inputs (METHOD.md s.4's objective), or targets="model": the TP model's activation after block l,
+    so that the block also learns to undo the drift of the SPD blocks before it.
     Returns the changed weights and each recovered block's (HG, B2B) records.
     """
+    if targets not in ("block", "model"):
+        raise ValueError(f"targets={targets!r} is unknown; use 'block' (the TP block on the same inputs) or "
+                         "'model' (the TP model's activations).")
     if not sequential:
         out = {l: recover_block(model, cache, l, s, **options) for l, s in strategies.items() if s != "zs"}
         return {k: v for w, _, _ in out.values() for k, v in w.items()}, {l: r[1:] for l, r in out.items()}
@@ -166,8 +171,9 @@ def recover_blocks(model: nn.Module, cache: BlockInputs, strategies: dict[int, s
     for l in range(max(strategies, default=-1) + 1):
         layer, strategy = layers[l], strategies.get(l)
         if strategy not in (None, "zs"):
-            layer, *records[l] = recover_layer(layer, h, tp_outputs(layer, h, cache.kwargs), cache.kwargs,
-                                               strategy, desc=f"B2B block {l}", **options)
+            target = tp_outputs(layer, h, cache.kwargs) if targets == "block" else cache.block(l + 1)
+            layer, *records[l] = recover_layer(layer, h, target, cache.kwargs, strategy, desc=f"B2B block {l}",
+                                               **options)
             prefix = block_prefix(model, l)
             weights.update({prefix + name: p.detach().clone() for name, p in layer.named_parameters()})
         was, layer.block_mode = layer.block_mode, BlockMode.SPD if l in strategies else BlockMode.TP
