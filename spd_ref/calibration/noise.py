@@ -2,7 +2,7 @@
 
 The scan's s_l is a difference of two perplexities on the same windows. Which windows were drawn
 moves it: the issue that added this measured blocks scoring -2% of the base perplexity at 8 x 256
-tokens, where tau1 is 0.5%. [ours] Resampling the windows with replacement (B draws; the same
+tokens, where tau1 was 0.5% (now 2%). [ours] Resampling the windows with replacement (B draws; the same
 resample for every suffix, so the differences stay paired) and recomputing every s_l / PPL_TP gives
 an interval per block; its width says which thresholds the data can resolve. No model runs: the scan
 keeps each window's NLL for every suffix.

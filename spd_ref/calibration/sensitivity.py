@@ -135,7 +135,7 @@ class BlockClass(str, Enum):
 STRATEGY = {BlockClass.INSENSITIVE: "zs", BlockClass.SENSITIVE: "b2b", BlockClass.EXTREME: "hg+b2b"}
 
 TAU1 = 0.02   # [ours] 2% of the base perplexity per block: above the scan's noise at 8 x 256 tokens
-#               (bootstrap 95% half-widths of the near-zero blocks of SmolLM2 at TP 4: 1.2-2.5%, docs/calibration.md)
+#               (bootstrap 95% half-widths of SmolLM2's near-zero blocks at TP 4: median 1.6%; docs/calibration.md)
 TAU2 = 0.05   # [ours] 5% of the base perplexity per block
 
 
