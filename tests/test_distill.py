@@ -115,3 +115,22 @@ def test_b2b_never_raises_the_heldout_error(lr):
     if lr == 3.0:
         assert not result.kept and result.mse_after == result.mse_before
         assert min(result.heldout_curve[1:]) > result.heldout_curve[0]
+
+
+def test_refit_trains_again_on_all_windows_for_the_best_epoch_count():
+    from tqdm.auto import tqdm
+
+    from spd_ref.calibration.distill import _fp32, _train
+
+    model, cache = _tiny_cache(torch.float32)
+    original = decoder_layers(model)[1]
+    x, y = cache.hidden[1], cache.hidden[2]
+    layer = copy.deepcopy(original)
+    result = distill_block(layer, x, y, cache.kwargs, lr=1e-3, epochs=4, refit=True, progress=False)
+    assert result.kept and result.refit and result.best_epoch > 0
+    reference = copy.deepcopy(original)
+    reference.block_mode = BlockMode.SPD
+    _train(reference, x, y, _fp32(cache.kwargs), result.best_epoch, lr=1e-3, batch_size=1, weight_decay=0.0,
+           seed=0, bar=tqdm(disable=True))
+    for (name, a), b in zip(layer.state_dict().items(), reference.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name

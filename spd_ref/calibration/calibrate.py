@@ -50,7 +50,7 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
               tau1: float = TAU1, tau2: float = TAU2, lr: float = LR, epochs: int = EPOCHS,
               b2b: bool = True, hg: bool = True, b2b_batch_size: int = BATCH_SIZE,
               weight_decay: float = WEIGHT_DECAY, map_samples: int = MAP_SAMPLES, batch_size: int = SCAN_BATCH,
-              hg_rule: str = RULE, holdout: float = HOLDOUT, sequential: bool = False,
+              hg_rule: str = RULE, holdout: float = HOLDOUT, refit: bool = False, sequential: bool = False,
               cache_dtype: Optional[torch.dtype] = None, offload: Optional[str] = None, model_id: Optional[str] = None, progress: bool = True) -> Plan:
     """Calibrate an SPD plan for `model` at `tp_degree` ranks with SPD on round(ratio * L) blocks.
 
@@ -76,8 +76,8 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
         strategies = {l: _strategy(classes[l], b2b, hg) for l in chosen}
         weights, recovered = recover_blocks(
             model, cache, strategies, sequential, lr=lr, epochs=epochs, b2b_batch_size=b2b_batch_size,
-            weight_decay=weight_decay, map_samples=map_samples, hg_rule=hg_rule, holdout=holdout, seed=seed,
-            progress=progress)
+            weight_decay=weight_decay, map_samples=map_samples, hg_rule=hg_rule, holdout=holdout, refit=refit,
+            seed=seed, progress=progress)
         records = [BlockRecord(l, scan.scores[l], scan.relative[l], classes[l].value, strategies[l], True,
                                hg=recovered.get(l, (None, None))[0], b2b=recovered.get(l, (None, None))[1])
                    for l in chosen]
@@ -93,7 +93,8 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
                 "source": "given" if given else source, "tau1": tau1, "tau2": tau2, "lr": lr,
                 "epochs": epochs, "b2b": b2b, "hg": hg, "b2b_batch_size": b2b_batch_size,
                 "weight_decay": weight_decay, "map_samples": map_samples, "scan_batch_size": batch_size,
-                "hg_rule": hg_rule, "b2b_holdout": holdout, "b2b_inputs": "sequential" if sequential else "tp",
+                "hg_rule": hg_rule, "b2b_holdout": holdout, "b2b_refit": refit,
+                "b2b_inputs": "sequential" if sequential else "tp",
                 "cache_dtype": str(cache_dtype or "model").removeprefix("torch."),
                 "scan_text": "calibration", "suffix_ppl": scan.suffix_ppl,
                 "scan_noise": {"level": LEVEL, "draws": DRAWS, "low": noise.low, "high": noise.high,
@@ -106,7 +107,7 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
 def recover_layer(layer: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, kwargs: dict, strategy: str, *,
                   lr: float = LR, epochs: int = EPOCHS, b2b_batch_size: int = BATCH_SIZE,
                   weight_decay: float = WEIGHT_DECAY, map_samples: int = MAP_SAMPLES, hg_rule: str = RULE,
-                  holdout: float = HOLDOUT, seed: int = 0, progress: bool = True,
+                  holdout: float = HOLDOUT, refit: bool = False, seed: int = 0, progress: bool = True,
                   desc: str = "B2B") -> tuple[nn.Module, Optional[dict], Optional[dict]]:
     """Recover a copy of one SPD block ("b2b", "hg" or "hg+b2b") on its inputs and TP targets.
 
@@ -131,8 +132,8 @@ def recover_layer(layer: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
         hg["mse_after_hg"] = block_mse(layer, inputs, targets, kwargs)
     if strategy.endswith("b2b"):
         b2b = distill_block(layer, inputs, targets, kwargs, lr=lr, epochs=epochs, batch_size=b2b_batch_size,
-                            weight_decay=weight_decay, holdout=holdout, seed=seed, progress=progress,
-                            desc=desc).as_dict()
+                            weight_decay=weight_decay, holdout=holdout, refit=refit, seed=seed,
+                            progress=progress, desc=desc).as_dict()
     return layer, hg, b2b
 
 
@@ -209,6 +210,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="HG: 'error' keeps a regrouping only if it lowers the block error [ours]; 'paper': max-norm")
     p.add_argument("--b2b-holdout", type=float, default=HOLDOUT,
                    help=f"fraction of windows B2B holds out to pick its epoch or refuse training [ours] {HOLDOUT}")
+    p.add_argument("--b2b-refit", action="store_true",
+                   help="after the held-out check, train again on all windows for the best epoch count [ours] off")
     p.add_argument("--b2b-sequential", action="store_true",
                    help="B2B inputs from the recovered SPD blocks before each block, not the TP model [ours] off")
     p.add_argument("--cache-dtype", default="model", choices=("model", "bfloat16"),
@@ -233,7 +236,8 @@ def cli(argv: list[str]) -> int:
                      seed=args.seed, source=args.source, tau1=args.tau1, tau2=args.tau2, lr=args.lr,
                      epochs=args.epochs, b2b=not args.no_b2b, hg=not args.no_hg, b2b_batch_size=args.b2b_batch_size,
                      map_samples=args.map_samples, batch_size=args.batch_size, hg_rule=args.hg_rule,
-                     holdout=args.b2b_holdout, sequential=args.b2b_sequential, offload=args.cache_dir,
+                     holdout=args.b2b_holdout, refit=args.b2b_refit, sequential=args.b2b_sequential,
+                     offload=args.cache_dir,
                      cache_dtype=None if args.cache_dtype == "model" else getattr(torch, args.cache_dtype),
                      model_id=args.model,
                      progress=not args.quiet)

@@ -40,7 +40,8 @@ HOLDOUT = 0.25      # [ours] fraction of the windows held out to pick the epoch 
 class DistillResult:
     """loss_curve[e]: mean training MSE over epoch e; heldout_curve[e]: held-out MSE after e epochs
     (e = 0: before training); best_epoch: the epoch whose weights were kept (0: the block kept its
-    own, `kept` False); mse_before/after: on all windows, in the model's dtype, no grad."""
+    own, `kept` False); mse_before/after: on all windows, in the model's dtype, no grad; refit:
+    whether the kept weights were trained again on all windows."""
 
     loss_curve: list[float]
     mse_before: float
@@ -49,6 +50,7 @@ class DistillResult:
     best_epoch: int = 0
     kept: bool = True
     heldout_windows: int = 0
+    refit: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,16 +94,45 @@ def _fp32(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: cast(v) for k, v in kwargs.items()}
 
 
+def _train(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, kwargs: dict[str, Any], epochs: int,
+           lr: float, batch_size: int, weight_decay: float, seed: int, bar, after_epoch=None) -> list[float]:
+    """AdamW on every weight of `layer` (fp32 data); returns the mean training MSE of each epoch."""
+    params = list(layer.parameters())
+    for p in params:
+        p.requires_grad_(True)  # [ours] every weight of the block, norms included
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    curve = []
+    for epoch in range(1, epochs + 1):
+        order, total = torch.randperm(x.shape[0], generator=generator), 0.0
+        for i in range(0, len(order), batch_size):
+            rows = order[i:i + batch_size]
+            loss = F.mse_loss(layer(x[rows], **kwargs), y[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(rows)
+            bar.update()
+            bar.set_postfix(mse=f"{loss.item():.4g}")
+        curve.append(total / x.shape[0])
+        if after_epoch is not None:
+            after_epoch(epoch)
+    return curve
+
+
 def distill_block(layer: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, kwargs: dict[str, Any],
                   lr: float = LR, epochs: int = EPOCHS, batch_size: int = BATCH_SIZE,
                   weight_decay: float = WEIGHT_DECAY, seed: int = 0, mode: BlockMode = BlockMode.SPD,
-                  holdout: float = HOLDOUT, progress: bool = True, desc: str = "B2B") -> DistillResult:
+                  holdout: float = HOLDOUT, refit: bool = False, progress: bool = True,
+                  desc: str = "B2B") -> DistillResult:
     """Train `layer` (a simulated-TP decoder layer, in place) in `mode` to reproduce `targets`.
 
     `inputs` (n, T, d) are the block's inputs and `targets` the original TP block's outputs on them;
     `kwargs` are the layer-call arguments (BlockInputs.kwargs). The last `holdout` fraction of the
-    windows picks the epoch and can refuse training (module docstring). Pass a copy
-    (`copy.deepcopy(layer)`) to keep the model's own block.
+    windows picks the epoch and can refuse training (module docstring). [ours] refit=True: when
+    training helped, train again from the block's own weights on ALL windows for the best epoch's
+    count (the held-out windows' data back, at twice the time; that result is not itself checked on
+    held-out text). Pass a copy (`copy.deepcopy(layer)`) to keep the model's own block.
     """
     _check(inputs, targets, batch_size)
     if lr <= 0 or epochs < 0:
@@ -109,53 +140,45 @@ def distill_block(layer: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     train, held = split_windows(inputs.shape[0], holdout)
     was_mode = layer.block_mode
     layer.block_mode = mode
+    own = {k: v.detach().clone() for k, v in layer.state_dict().items()}
     master = copy.deepcopy(layer).float().eval()  # no dropout: the target is the deterministic TP block
     x32, y32, kw32 = inputs.float(), targets.float(), _fp32(kwargs)
+    held_curve, best = [block_mse(master, x32[held], y32[held], kw32)], {}
+
+    def check(epoch: int) -> None:
+        held_curve.append(block_mse(master, x32[held], y32[held], kw32))
+        if held_curve[-1] < min(held_curve[:-1]):
+            best.update(epoch=epoch, state={k: v.detach().clone() for k, v in master.state_dict().items()})
+
     # Training needs autograd even when the caller runs under no_grad (a notebook, an eval loop).
     grad_was = torch.is_grad_enabled()
     torch.set_grad_enabled(True)
     try:
         before = block_mse(layer, inputs, targets, kwargs)
         held_before = block_mse(layer, inputs[held], targets[held], kwargs)
-        params = list(master.parameters())
-        for p in params:
-            p.requires_grad_(True)  # [ours] every weight of the block, norms included
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-        generator = torch.Generator().manual_seed(seed)
-        x_train, y_train = x32[train], y32[train]
-        curve, held_curve = [], [block_mse(master, x32[held], y32[held], kw32)]
-        best_state, best_epoch = None, 0
-        steps = -(-x_train.shape[0] // batch_size)
+        steps = -(-(train.stop - train.start) // batch_size)
         bar = tqdm(total=epochs * steps, desc=desc, disable=not progress, leave=False)
-        for epoch in range(1, epochs + 1):
-            order, total = torch.randperm(x_train.shape[0], generator=generator), 0.0
-            for i in range(0, len(order), batch_size):
-                rows = order[i:i + batch_size]
-                loss = F.mse_loss(master(x_train[rows], **kw32), y_train[rows])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(rows)
-                bar.update()
-                bar.set_postfix(mse=f"{loss.item():.4g}")
-            curve.append(total / x_train.shape[0])
-            held_curve.append(block_mse(master, x32[held], y32[held], kw32))
-            if held_curve[-1] < min(held_curve[:-1]):
-                best_state, best_epoch = {k: v.detach().clone() for k, v in master.state_dict().items()}, epoch
-        bar.close()
+        options = dict(lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed, bar=bar)
+        curve = _train(master, x32[train], y32[train], kw32, epochs, after_epoch=check, **options)
         kept = False
-        if best_state is not None:  # cast into the model's dtype; keep it only if it still helps there
-            own = {k: v.detach().clone() for k, v in layer.state_dict().items()}
-            layer.load_state_dict(best_state)
+        if best:  # cast into the model's dtype; keep it only if it still helps there
+            layer.load_state_dict(best["state"])
             kept = block_mse(layer, inputs[held], targets[held], kwargs) < held_before
+            if kept and refit and train != held:
+                master = copy.deepcopy(layer).float().eval()
+                master.load_state_dict(own)
+                bar.reset(total=best["epoch"] * -(-inputs.shape[0] // batch_size))
+                _train(master, x32, y32, kw32, best["epoch"], **options)
+                layer.load_state_dict(master.state_dict())
             if not kept:
                 layer.load_state_dict(own)
+        bar.close()
         after = block_mse(layer, inputs, targets, kwargs) if kept else before
     finally:
         torch.set_grad_enabled(grad_was)
         layer.block_mode = was_mode
-    return DistillResult(curve, before, after, held_curve, best_epoch if kept else 0, kept,
-                         held.stop - held.start if train != held else 0)
+    return DistillResult(curve, before, after, held_curve, best.get("epoch", 0) if kept else 0, kept,
+                         held.stop - held.start if train != held else 0, kept and refit and train != held)
 
 
 def trained_copy(layer: nn.Module) -> nn.Module:
