@@ -36,9 +36,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from spd_ref.block import BlockMode
+from spd_ref.calibration.distill import block_mse
 from spd_ref.calibration.pairing import EXHAUSTIVE_UP_TO, assign, best_pairing, shard_output
 from spd_ref.partition import Partition
 
@@ -208,8 +208,7 @@ def spd_error(layer: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, kwa
     """MSE of `layer` run as an SPD block on `hidden` against `targets` (its mode is restored)."""
     was, layer.block_mode = layer.block_mode, BlockMode.SPD
     try:
-        return sum(F.mse_loss(layer(x, **kwargs), y, reduction="sum").item()
-                   for x, y in zip(hidden.split(1), targets.split(1))) / targets.numel()
+        return block_mse(layer, hidden, targets, kwargs, batch_size=1)
     finally:
         layer.block_mode = was
 
@@ -256,7 +255,7 @@ def head_grouping(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]
     identity, shards = list(range(partition.num_heads)), list(range(partition.tp_degree))
     grouped = group_heads(dist, partition)
     targets = tp_outputs(layer, hidden, kwargs) if rule == "error" else None
-    candidates = []  # (head_perm, mlp_perm, how, error or None)
+    candidates = []  # (head_perm, mlp_perm, how the pairing was chosen, error or None, max-norm scores)
     for head_perm in ([identity, grouped] if rule == "error" and grouped != identity else [grouped]):
         regrouped = _permuted(layer, head_perm, shards)
         scores = mlp_match_scores(regrouped, maps, kwargs)
