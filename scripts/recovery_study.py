@@ -2,6 +2,7 @@
 
     python scripts/recovery_study.py blocks    # SPD on blocks 0-2: zero-shot, HG (paper / error), B2B, ...
     python scripts/recovery_study.py tokens 8x256:0 8x256:1 32x512:0    # what calibration tokens buy
+    python scripts/recovery_study.py scan 32x512:0    # only the scan part (or: b2b), e.g. in two processes
 
 Rows go to results/recovery/{blocks,tokens}.jsonl; a setting already there is skipped, so an
 interrupted run resumes where it stopped. Held-out perplexity: the first 8 held-out windows of 256
@@ -99,30 +100,32 @@ def blocks(model, tok) -> None:
                      "recover_s": round(time.perf_counter() - start, 1), "blocks": block_records(recovered)})
 
 
-def tokens(model, tok, settings: list[str]) -> None:
+def tokens(model, tok, settings: list[str], parts: tuple[str, ...] = ("scan", "b2b")) -> None:
+    """Per calibration setting "NxT:seed": the scan (time, intervals) and B2B on BLOCKS (held-out PPL)."""
     path = OUT / "tokens.jsonl"
     finished = done(path)
     held = heldout_tokens(tok, HELD[1], HELD[0], drop_shared=False)
     for setting in settings:
         shape, seed = setting.split(":")
         n, seq = (int(x) for x in shape.split("x"))
-        if f"b2b {setting}" in finished:
+        todo = [p for p in parts if f"{p} {setting}" not in finished]
+        if not todo:
             continue
         cache = capture_block_inputs(model, calibration_tokens(tok, n, seq, int(seed)), progress=False)
-        if f"scan {setting}" not in finished:
+        row = {"samples": n, "seq_len": seq, "seed": int(seed)}
+        if "scan" in todo:
             start = time.perf_counter()
             scan = sensitivity_scan(model, cache, progress=False)
             seconds = time.perf_counter() - start
             ci = scan_intervals(scan)
-            write(path, {"key": f"scan {setting}", "samples": n, "seq_len": seq, "seed": int(seed),
-                         "scan_s": round(seconds, 1), "base_ppl": scan.base_ppl, "relative": scan.relative,
-                         "low": ci.low, "high": ci.high, "median_half_width": ci.median_half_width(),
-                         "max_half_width": max(ci.half_width)})
-        start = time.perf_counter()
-        weights, recovered = recover_blocks(model, cache, {l: "b2b" for l in BLOCKS}, progress=False)
-        write(path, {"key": f"b2b {setting}", "samples": n, "seq_len": seq, "seed": int(seed),
-                     "b2b_s": round(time.perf_counter() - start, 1), "heldout_ppl": heldout_ppl(model, held, weights),
-                     "blocks": block_records(recovered)})
+            write(path, {"key": f"scan {setting}", **row, "scan_s": round(seconds, 1), "base_ppl": scan.base_ppl,
+                         "relative": scan.relative, "low": ci.low, "high": ci.high,
+                         "median_half_width": ci.median_half_width(), "max_half_width": max(ci.half_width)})
+        if "b2b" in todo:
+            start = time.perf_counter()
+            weights, recovered = recover_blocks(model, cache, {l: "b2b" for l in BLOCKS}, progress=False)
+            write(path, {"key": f"b2b {setting}", **row, "b2b_s": round(time.perf_counter() - start, 1),
+                         "heldout_ppl": heldout_ppl(model, held, weights), "blocks": block_records(recovered)})
 
 
 def main(argv: list[str]) -> int:
@@ -133,8 +136,8 @@ def main(argv: list[str]) -> int:
     decoder_layers(model)  # a LLaMA-style model
     if argv[0] == "blocks":
         blocks(model, tok)
-    else:
-        tokens(model, tok, argv[1:])
+    else:  # "tokens" (scan and B2B), or one of them: "scan", "b2b"
+        tokens(model, tok, argv[1:], ("scan", "b2b") if argv[0] == "tokens" else (argv[0],))
     return 0
 
 
