@@ -215,9 +215,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--b2b-sequential", action="store_true",
                    help="B2B inputs from the recovered SPD blocks before each block, not the TP model [ours] off")
     p.add_argument("--cache-dtype", default="model", choices=("model", "bfloat16"),
-                   help="how block activations are stored: the model's dtype, or bfloat16 (half the memory)")
+                   help="block activations stored in the model's dtype [ours] or bfloat16 (half the memory)")
     p.add_argument("--cache-dir", default=None,
-                   help="keep block activations in memory-mapped files in this folder (host disk), not on the device")
+                   help="keep block activations in memory-mapped files here (host disk) [ours: off, on the device]")
     p.add_argument("--eval-windows", type=int, default=8,
                    help="held-out windows for the final perplexity check, 0 to skip [ours] 8")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model dtype [ours] float32")
