@@ -7,7 +7,9 @@ Every rank builds the same random model (seeded, on the CPU) and runs its shard 
 (spd_ref.hf) on its GPU, the reference, and rank 0 compares. Compared: prefill logits and 8 greedy
 decode steps, without SPD and with SPD on half the blocks, in fp32 and bf16; eager (split and
 replicated lm_head) and with the compiled block function (torch.compile modes default and
-max-autotune). Decode steps are teacher-forced with the reference's tokens (random weights give
+max-autotune), with each sync-point all-reduce (nccl; oneshot, the symmetric-memory one-shot
+all-reduce, where GPUs allow it); a oneshot row also gives its difference from the nccl row of the
+same setting (`vs_nccl`). Decode steps are teacher-forced with the reference's tokens (random weights give
 near-tied logits, where bf16 rounding may flip an argmax). Works on CPUs with gloo too.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from spd_ref.hf import apply_tp, remove_tp  # noqa: E402
 from spd_ref.model import TPTransformer  # noqa: E402
-from spd_ref.tp import init_distributed  # noqa: E402
+from spd_ref.tp import oneshot_unavailable, init_distributed  # noqa: E402
 from spd_ref.latency.schema import run_metadata  # noqa: E402
 
 STEPS = 8
@@ -71,34 +73,45 @@ def main() -> None:
     rows = []
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
+    # The one-shot all-reduce wherever symmetric memory works (GPUs with peer access, P2P on).
+    kinds = ["nccl"] + (["oneshot"] if ctx.world_size > 1 and not oneshot_unavailable(ctx) else [])
+
     for dtype in (torch.float32, torch.bfloat16):
         # Every rank computes the (deterministic) reference, so every rank can teacher-force its tokens.
         model = full.to(dtype).to(ctx.device)
         model.model.rotary_emb = LlamaRotaryEmbedding(config).to(ctx.device)  # fp32 frequencies, as loaded
         for blocks in ([], list(range(0, args.layers, 2))):
             ref = simulated(model, ids.to(ctx.device), ctx.world_size, blocks)
-            # The latency sweep runs compiled bf16 blocks: check that path, and fp32 eager for exactness.
+            # The latency sweep runs compiled bf16 steps: check that path, and fp32 eager for exactness.
             # (compile mode, lm_head): eager with both heads; compiled in both modes (bench's is max-autotune).
             variants = [(None, "split"), (None, "replicated")]
             if dtype == torch.bfloat16:
                 variants += [("default", "split"), ("max-autotune-no-cudagraphs", "split")]
             for mode, head in variants:
-                rt = TPTransformer.from_hf(config, model.state_dict(), ctx, dtype)
-                rt.set_spd_blocks(blocks)
-                rt.lm_head_mode = head
-                if mode:
-                    rt.compile_blocks(**({} if mode == "default" else {"mode": mode}))
-                tokens, logits = rt.generate(ids, STEPS, forced_tokens=torch.tensor([ref[1]]))
-                if ctx.is_main:
-                    row = {"dtype": str(dtype).split(".")[-1], "spd_blocks": blocks, "compiled": mode is not None,
-                           "compile_mode": mode, "lm_head": head,
-                           "tokens_equal": tokens[0].tolist() == ref[1], **compare(logits, ref[0])}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-                del rt
+                nccl_logits = None
+                for kind in kinds:
+                    rt = TPTransformer.from_hf(config, model.state_dict(), ctx, dtype)
+                    rt.set_spd_blocks(blocks)
+                    rt.lm_head_mode = head
+                    ctx.use_allreduce(kind, dtype)
+                    if mode:
+                        rt.compile_blocks(**({} if mode == "default" else {"mode": mode}))
+                    tokens, logits = rt.generate(ids, STEPS, forced_tokens=torch.tensor([ref[1]]))
+                    if ctx.is_main:
+                        row = {"dtype": str(dtype).split(".")[-1], "spd_blocks": blocks, "compiled": mode is not None,
+                               "compile_mode": mode, "lm_head": head, "allreduce": kind,
+                               "tokens_equal": tokens[0].tolist() == ref[1], **compare(logits, ref[0])}
+                        if nccl_logits is not None:
+                            row["vs_nccl"] = compare(logits, nccl_logits)
+                        nccl_logits = logits if kind == "nccl" else nccl_logits
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+                    del rt
+                    torch._dynamo.reset()
         full = model.to("cpu")
     if ctx.is_main:
         result = {"check": "runtime (torchrun) vs simulated TP", "tp": ctx.world_size, "layers": args.layers,
+                  "allreduce_kinds": kinds,
                   "shape": "tiny" if args.tiny else "llama2-7b", "prompt_tokens": 64, "decode_steps": STEPS,
                   "rows": rows, **run_metadata(ctx, torch.bfloat16)}
         with open(args.out, "w") as f:

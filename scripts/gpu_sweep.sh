@@ -10,6 +10,9 @@
 #   bash scripts/gpu_sweep.sh head   # 2 GPUs: split vs replicated lm_head, compile mode; TP 2, 1 and a TP-4 shard
 #   bash scripts/gpu_sweep.sh d      # 2 GPUs, current defaults: 7B TP 2 (on, off), TP 1, TP-4 shard floor
 #   bash scripts/gpu_sweep.sh e      # 4 GPUs, current defaults: 7B TP 4 (on, off), TP 1, the peer (issue 5's TP 4 check)
+#   bash scripts/gpu_sweep.sh h2a    # 2 H200s: 7B TP 2 nccl vs oneshot beside the minimal loop
+#   bash scripts/gpu_sweep.sh h2b    # 2 H200s: 7B TP 2 (nccl, oneshot; P2P off), TP 1, the peer at TP 2
+#   bash scripts/gpu_sweep.sh h2c    # 2 H200s: GPU equality check (nccl, oneshot), 7B cache 2048, 13B TP 2 and TP 1
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -83,6 +86,31 @@ step() {
   FIRST=0
 }
 
+# raw NAME MAX_SECONDS CMD...: a command that is not a spd_ref.launch step (the minimal loop, the
+# profiler), under the same budget; its rows go where the command writes them.
+raw() {
+  local name=$1 max=$2; shift 2
+  local left=$(( BUDGET_S - SECONDS ))
+  if (( left < 30 )); then
+    echo "=== $name: SKIPPED, ${left} s left"; STATUS+=("$name: skipped (budget)"); return 0
+  fi
+  local limit=$(( max < left ? max : left )) t0=$SECONDS rc
+  echo "=== $name: start at ${SECONDS} s, limit ${limit} s"
+  timeout "$limit" "$@"; rc=$?
+  echo "=== $name: rc=$rc, $(( SECONDS - t0 )) s"
+  STATUS+=("$name: rc=$rc, $(( SECONDS - t0 )) s")
+}
+
+# peer NPROC CHECKPOINT_S STEP_S BATCHES: transformers' tp_plan on the 7B shape (checkpoint made once).
+peer() {
+  local nproc=$1 ckpt_s=$2 step_s=$3 batches=$4
+  echo "=== peer checkpoint: $PEER_DIR"
+  timeout "$ckpt_s" "$PYTHON" -m spd_ref.latency.peer --make-checkpoint --shape llama2-7b --checkpoint "$PEER_DIR"
+  step "peer-tp$nproc" "$step_s" --nproc "$nproc" --p2p on --module spd_ref.latency.peer --shape llama2-7b \
+    --checkpoint "$PEER_DIR" --batch "$batches" --ctx 512 --compile try --compile-batches 1 --repeats 50 --warmup 5 \
+    --out "$JSONL" --tag "sweep-$PHASE"
+}
+
 finish() {
   echo; echo "=== phase $PHASE steps (${SECONDS} s in all):"; printf '  %s\n' "${STATUS[@]}"
   "$PYTHON" -m spd_ref.latency.plots "$JSONL" || true
@@ -98,35 +126,27 @@ env | grep -E '^NCCL_|^TORCH_SYMM|^NVSHMEM' | sort || true
 
 case "$PHASE" in
   a)
-    step tp4-p2p-on 300 --nproc 4 --p2p on "${BENCH[@]}" --shape llama2-7b,llama2-13b,llama2-70b --allreduce
+    step tp4-p2p-on 300 --nproc 4 --p2p on "${BENCH[@]}" --shape llama2-7b,llama2-13b,llama2-70b --ar-bench
     step tp1 150 --nproc 1 "${BENCH[@]}" --shape llama2-7b,llama2-13b
-    step tp4-p2p-off 300 --nproc 4 --p2p off "${BENCH[@]}" --shape llama2-7b,llama2-13b,llama2-70b --allreduce
+    step tp4-p2p-off 300 --nproc 4 --p2p off "${BENCH[@]}" --shape llama2-7b,llama2-13b,llama2-70b --ar-bench
     ;;
   b)
-    step tp2-p2p-on 240 --nproc 2 --p2p on "${BENCH[@]}" --shape llama2-7b,llama2-13b --allreduce
-    step tp2-p2p-off 200 --nproc 2 --p2p off "${BENCH[@]}" --shape llama2-7b,llama2-13b --allreduce
-    echo "=== peer checkpoint: $PEER_DIR"
-    timeout 300 "$PYTHON" -m spd_ref.latency.peer --make-checkpoint --shape llama2-7b --checkpoint "$PEER_DIR"
-    step peer-tp4 240 --nproc 4 --p2p on --module spd_ref.latency.peer --shape llama2-7b --checkpoint "$PEER_DIR" \
-      --batch 1,16 --ctx 512 --compile try --compile-batches 1 --repeats 50 --warmup 5 \
-      --out "$JSONL" --tag "sweep-$PHASE"
+    step tp2-p2p-on 240 --nproc 2 --p2p on "${BENCH[@]}" --shape llama2-7b,llama2-13b --ar-bench
+    step tp2-p2p-off 200 --nproc 2 --p2p off "${BENCH[@]}" --shape llama2-7b,llama2-13b --ar-bench
+    peer 4 300 240 1,16
     ;;
   c)
     # After fusing q/k/v and gate/up (one matmul each): 7B again at TP 4 and 1, then TP 2 for 7B and 13B.
-    step tp4-p2p-on-7b 150 --nproc 4 --p2p on "${BENCH[@]}" --shape llama2-7b --allreduce
+    step tp4-p2p-on-7b 150 --nproc 4 --p2p on "${BENCH[@]}" --shape llama2-7b --ar-bench
     step tp1-7b 100 --nproc 1 "${BENCH[@]}" --shape llama2-7b
     step tp4-p2p-off-7b 150 --nproc 4 --p2p off "${BENCH[@]}" --shape llama2-7b
-    step tp2-p2p-on 200 --nproc 2 --p2p on "${BENCH[@]}" --shape llama2-7b,llama2-13b --allreduce
-    step tp2-p2p-off 200 --nproc 2 --p2p off "${BENCH[@]}" --shape llama2-7b,llama2-13b --allreduce
+    step tp2-p2p-on 200 --nproc 2 --p2p on "${BENCH[@]}" --shape llama2-7b,llama2-13b --ar-bench
+    step tp2-p2p-off 200 --nproc 2 --p2p off "${BENCH[@]}" --shape llama2-7b,llama2-13b --ar-bench
     ;;
   peer)
     step tp4-p2p-on-7b-b1 100 --nproc 4 --p2p on "${BENCH[@]}" --shape llama2-7b --batch 1,16 --prompt-lens 128 \
       --spd-ratios 0,1
-    echo "=== peer checkpoint: $PEER_DIR"
-    timeout 300 "$PYTHON" -m spd_ref.latency.peer --make-checkpoint --shape llama2-7b --checkpoint "$PEER_DIR"
-    step peer-tp4 240 --nproc 4 --p2p on --module spd_ref.latency.peer --shape llama2-7b --checkpoint "$PEER_DIR" \
-      --batch 1,16 --ctx 512 --compile try --compile-batches 1 --repeats 50 --warmup 5 \
-      --out "$JSONL" --tag "sweep-$PHASE"
+    peer 4 300 240 1,16
     ;;
   tune)
     # One experiment: inductor's max-autotune (Triton GEMM templates, fused epilogues) against the
@@ -156,8 +176,8 @@ case "$PHASE" in
   d)
     # Two GPUs, bench's current defaults (max-autotune, split lm_head): 7B at TP 2 (P2P on, off) with
     # the all-reduce microbenchmark, TP 1, and the TP-4 floor on one GPU (--shard-of 4), batch 1, 16.
-    step tp2-p2p-on 200 --nproc 2 --p2p on "${CUR[@]}" --allreduce
-    step tp2-p2p-off 150 --nproc 2 --p2p off "${CUR[@]}" --allreduce
+    step tp2-p2p-on 200 --nproc 2 --p2p on "${CUR[@]}" --ar-bench
+    step tp2-p2p-off 150 --nproc 2 --p2p off "${CUR[@]}" --ar-bench
     step tp1 100 --nproc 1 "${CUR[@]}"
     step shard4 100 --nproc 1 "${CUR[@]}" --shard-of 4
     ;;
@@ -165,21 +185,51 @@ case "$PHASE" in
     # Four GPUs, bench's current defaults: 7B at TP 4 (P2P on, off) with the all-reduce
     # microbenchmark, TP 1, then the peer (transformers tp_plan) at TP 4 in the same call. This is
     # the run that checks issue 5's TP 4 target with the current code.
-    step tp4-p2p-on 200 --nproc 4 --p2p on "${CUR[@]}" --allreduce
+    step tp4-p2p-on 200 --nproc 4 --p2p on "${CUR[@]}" --ar-bench
     step tp4-p2p-off 120 --nproc 4 --p2p off "${CUR[@]}"
     step tp1 90 --nproc 1 "${CUR[@]}"
-    echo "=== peer checkpoint: $PEER_DIR"
-    timeout 240 "$PYTHON" -m spd_ref.latency.peer --make-checkpoint --shape llama2-7b --checkpoint "$PEER_DIR"
-    step peer-tp4 150 --nproc 4 --p2p on --module spd_ref.latency.peer --shape llama2-7b --checkpoint "$PEER_DIR" \
-      --batch 1 --ctx 512 --compile try --compile-batches 1 --repeats 50 --warmup 5 \
-      --out "$JSONL" --tag "sweep-$PHASE"
+    peer 4 240 150 1
+    ;;
+  h2a)
+    # Two H200s (issue 11, first look): 7B TP 2 batch 1, floor / baseline / SPD 100% with each sync
+    # all-reduce (nccl, oneshot), beside the minimal loop (scripts/minimal_loop.py) in the same call.
+    # (Its first run also tried the whole step compiled as one graph: about 80 s per SPD pattern, cut
+    # at the step's time limit before a row; that option is gone, results/h200_x2/README.md.)
+    H=(bench --ctx 512 --batch 1 --prompt-lens none --spd-ratios 0,1 --no-comm --repeats 200 --warmup 20
+       --shape llama2-7b --allreduce nccl,oneshot --out "$JSONL" --tag h2a)
+    step tp2 130 --nproc 2 --p2p on "${H[@]}" --ar-bench --ar-sizes 8K,16K,128K,1M
+    raw min-tp2 200 "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node 2 scripts/minimal_loop.py \
+      --allreduce nccl,oneshot --out "$OUT/minimal_$PHASE.jsonl"
+    ;;
+  h2b)
+    # Two H200s, issue 11's record, part 1: 7B at TP 2 NVLink (nccl and oneshot; batch 1, 16; SPD
+    # 0..100%; floor; all-reduce microbenchmark), TP 1, P2P off (nccl), then the peer (transformers
+    # tp_plan) at TP 2 in the same call.
+    R=(bench --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --ctx 512 --out "$JSONL"
+       --tag h2b)
+    step tp2-on 260 --nproc 2 --p2p on "${R[@]}" --batch 1,16 --spd-ratios 0,0.25,0.5,0.75,1 \
+      --allreduce nccl,oneshot --ar-bench
+    step tp1 70 --nproc 1 "${R[@]}" --batch 1,16
+    step tp2-off 80 --nproc 2 --p2p off "${R[@]}" --batch 1 --spd-ratios 0,0.5,1 --ar-bench --ar-sizes 8K,16K,128K,1M
+    peer 2 100 130 1
+    ;;
+  h2c)
+    # Two H200s, issue 11's record, part 2: the GPU equality check (nccl and oneshot), 7B with 2048
+    # cached tokens, and 13B at TP 2 (nccl, oneshot) and TP 1.
+    R=(bench --prompt-lens none --no-comm --repeats 100 --warmup 10 --batch 1 --spd-ratios 0,1 --out "$JSONL"
+       --tag h2c)
+    raw gpu-check 120 "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node 2 scripts/gpu_check.py \
+      --layers 4 --out "$OUT/gpu_check_tp2.json"
+    step tp2-7b-ctx2048 100 --nproc 2 --p2p on "${R[@]}" --shape llama2-7b --ctx 2048 --allreduce nccl,oneshot
+    step tp2-13b 120 --nproc 2 --p2p on "${R[@]}" --shape llama2-13b --ctx 512 --allreduce nccl,oneshot
+    step tp1-13b 60 --nproc 1 "${R[@]}" --shape llama2-13b --ctx 512
     ;;
   smoke)
     # 2-layer models: every code path (compiled + graphs, eager + graphs, GQA, P2P off, the peer) and
     # the compile time of one block (compile_s in the rows), in about 3 minutes.
     SMOKE=(bench --ctx 64 --prompt-lens 32 --spd-ratios 0,1 --prefill-ratios 0,1 --no-comm
            --repeats 20 --warmup 3 --prefill-repeats 2 --layers 2 --out "$JSONL" --tag smoke)
-    step smoke-tp2 150 --nproc 2 --p2p on "${SMOKE[@]}" --batch 1 --shape llama2-7b --allreduce --ar-sizes 8K,1M
+    step smoke-tp2 150 --nproc 2 --p2p on "${SMOKE[@]}" --batch 1 --shape llama2-7b --ar-bench --ar-sizes 8K,1M
     step smoke-tp2-eager 90 --nproc 2 --p2p off "${SMOKE[@]}" --batch 1,2 --shape llama2-70b --eager
     timeout 120 "$PYTHON" -m spd_ref.latency.peer --make-checkpoint --shape llama2-7b --layers 2 --checkpoint /tmp/spd_ref_peer_smoke
     step smoke-peer 150 --nproc 2 --module spd_ref.latency.peer --shape llama2-7b --layers 2 \
@@ -187,6 +237,6 @@ case "$PHASE" in
       --out "$JSONL" --tag smoke
     ;;
   *)
-    echo "unknown phase $PHASE: use a, b, c, d, e, peer, tune, head or smoke"; exit 2 ;;
+    echo "unknown phase $PHASE: use a, b, c, d, e, h2a, h2b, h2c, peer, tune, head or smoke"; exit 2 ;;
 esac
 finish

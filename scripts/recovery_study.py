@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from spd_ref.calibration.calibrate import recover_blocks
+from spd_ref.calibration.recover import recover_blocks
 from spd_ref.calibration.data import calibration_tokens, heldout_tokens
 from spd_ref.calibration.noise import scan_intervals
 from spd_ref.calibration.sensitivity import capture_block_inputs, perplexity, sensitivity_scan

@@ -8,13 +8,14 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 from typing import Optional
 
 import torch
+
+from spd_ref.__main__ import CommandParser, check_model_args, number, output_folder
 
 RECORDED = Path(__file__).resolve().parents[1] / "results" / "h100" / "sweep_c.jsonl"
 
@@ -73,28 +74,37 @@ def save_figure(plan, table: list[tuple[str, float, float]], path: Path) -> Path
 
 
 def cli(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m spd_ref demo", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="python -m spd_ref demo", description=__doc__.split("\n\n")[0],
+                      checks=[lambda args: check_model_args(args.model, [args.tp])])
     p.add_argument("--model", default="smollm2")
-    p.add_argument("--tp", type=int, default=4)
-    p.add_argument("--ratio", type=float, default=0.5, help="fraction of blocks with SPD [ours: 0.5]")
-    p.add_argument("--limit", type=int, default=100, help="items per task [ours: CPU-sized]")
-    p.add_argument("--epochs", type=int, default=2,
+    p.add_argument("--tp", type=number(int, 1), default=4)
+    p.add_argument("--ratio", type=number(float, 0, 1), default=0.5, help="fraction of blocks with SPD [ours: 0.5]")
+    p.add_argument("--limit", type=number(int, 1), default=100, help="items per task [ours: CPU-sized]")
+    p.add_argument("--epochs", type=number(int, 1), default=2,
                    help="B2B epochs [ours for the demo: 2, to stay within minutes on a CPU; the paper: 10]")
     p.add_argument("--eval-dtype", default="bfloat16", choices=["bfloat16", "float32"],
                    help="dtype the offline suite is scored in [ours: bfloat16]")
-    p.add_argument("--out", default="out/demo", help="plan folder, JSON lines and figure go here")
+    p.add_argument("--out", type=output_folder, default="out/demo", help="plan folder, JSON lines and figure go here")
     args = p.parse_args(argv)
     from spd_ref.calibration.calibrate import calibrate
+    from spd_ref.calibration.resume import FOLDER, Checkpoint
     from spd_ref.evaluation.evaluate import evaluate_model
-    from spd_ref.models import load_model
+    from spd_ref.models import load_model, portable_name
     from spd_ref.plan import apply_plan, save_plan
 
     start = time.time()
     out = Path(args.out)
     model, tokenizer = load_model(args.model)
-    plan = calibrate(model, tokenizer, args.tp, args.ratio, epochs=args.epochs, model_id=args.model)
+    name = portable_name(args.model)
+    # Interrupted, `make demo` resumes its calibration (spd_ref.calibration.resume).
+    settings = {"model": name, "tp": args.tp, "ratio": args.ratio, "epochs": args.epochs}
+    checkpoint = Checkpoint(out / "plan" / FOLDER, settings)
+    plan = calibrate(model, tokenizer, args.tp, args.ratio, epochs=args.epochs, model_id=name, checkpoint=checkpoint)
     save_plan(plan, out / "plan")
+    checkpoint.remove()
     print(plan.table())
+    if checkpoint.reused:
+        print(checkpoint.summary())
     # [ours] calibrate in fp32, score in bf16 (about 3x faster on a CPU; what GPUs serve in)
     scorer = model.to(getattr(torch, args.eval_dtype))
     before = evaluate_model(scorer, tokenizer, "offline", limit=args.limit)
@@ -118,7 +128,7 @@ def cli(argv: list[str]) -> int:
     figure = save_figure(plan, table, out / "demo.png")
     with open(out / "demo.jsonl", "w") as f:
         for stage, rows in (("original", before), ("spd_plan", after)):
-            f.writelines(json.dumps({"stage": stage, "tp": args.tp, "spd_ratio": args.ratio,
+            f.writelines(json.dumps({"stage": stage, "model": name, "tp": args.tp, "spd_ratio": args.ratio,
                                      "eval_dtype": args.eval_dtype, **r}) + "\n" for r in rows)
     print(f"\nplan: {out / 'plan'}  figure: {figure}  rows: {out / 'demo.jsonl'}  ({time.time() - start:.0f} s)")
     return 0

@@ -2,8 +2,11 @@
 
 gpt-fast style: plain tensors, a static KV cache, and a block function written as a pure function
 of tensors, so `compile_blocks()` compiles it once per block mode and every layer reuses the compiled
-code (weights are arguments, not constants). The block equations are spd_ref.block's, shared with the
-simulated runtime; a sync point is `TPContext.sync` (all-reduce), or nothing with `comm = "none"`.
+code (weights are arguments, not constants). [ours] Compiling the whole step as one graph instead
+compiled about 80 s per SPD pattern on 2 x H200 and a minimal whole-step loop ran the same compute
+within its missing embedding and head (results/h200_x2/README.md), so blocks it is. The block
+equations are spd_ref.block's, shared with the simulated runtime; a sync point is `TPContext.sync`
+(all-reduce), or with `comm = "none"` the floor's opaque no-op (`spd_ref.tp.skip_sync`).
 
 [ours] The embedding is replicated on every rank. The lm_head is split by vocabulary rows
 (`lm_head_mode = "split"`: each rank multiplies by V/N rows and one all-gather of the logits follows;
@@ -24,15 +27,10 @@ from spd_ref.block import BlockMode, block_residual
 from spd_ref.hf import validate_blocks
 from spd_ref.partition import partition_for_config
 from spd_ref.shards import HF_NAMES, WEIGHTS, fuse_block, full_shapes, rank_slices, vocab_shard
-from spd_ref.tp import TPContext
+from spd_ref.tp import TPContext, skip_sync
 
 LM_HEAD_MODES = ("split", "replicated")
 DEFAULT_LM_HEAD = "split"  # [ours] see the module docstring; measured in results/h100_x2/README.md
-
-
-def local_sum(partials: torch.Tensor) -> torch.Tensor:
-    """The "no communication" sync: this rank's partials only (the latency floor, not a model)."""
-    return partials.sum(0)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -206,9 +204,6 @@ class TPTransformer(nn.Module):
         self.rope = (cos.to(dtype), sin.to(dtype))
 
     # ---- running ------------------------------------------------------------------------------
-    def _sync(self) -> Callable:
-        return local_sum if self.comm == "none" else self.ctx.sync
-
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, V) for tokens at positions input_pos (T,), which must follow the cache."""
@@ -217,7 +212,7 @@ class TPTransformer(nn.Module):
         x = F.embedding(input_ids, self.embed)
         cos, sin = self.rope[0][input_pos], self.rope[1][input_pos]
         mask = self.causal[input_pos][None, None]
-        sync = self._sync()
+        sync = skip_sync if self.comm == "none" else self.ctx.sync
         for w, (kc, vc), mode in zip(self.blocks, self.caches, self.block_modes):
             x = self._block_fn(x, w, kc, vc, cos, sin, input_pos, mask, mode, sync, self.act, self.eps,
                                self.gqa, self.kv_index)

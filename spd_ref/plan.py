@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -129,42 +130,74 @@ def check_plan(plan: Plan, model_config=None, tp_degree: Optional[int] = None) -
                          f"tp_degree={plan.tp_degree}, or calibrate again with tp_degree={tp_degree}.")
 
 
+def write_atomically(path: Path, write) -> None:
+    """`write(tmp)` a sibling temporary file, then rename it to `path`: a reader sees the old file or the new."""
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_plan(plan: Plan, directory: str | Path) -> Path:
-    """Write plan.json and weights.safetensors into `directory` (created); returns the folder."""
+    """Write plan.json and weights.safetensors into `directory` (created); returns the folder.
+
+    Interrupted at any point, it never leaves a plan that loads with the wrong weights: an old plan.json
+    goes first, each file is written under a temporary name and renamed into place, and plan.json, which
+    holds the weights' checksum, comes last. (The folder itself may hold other files: it is not replaced.)
+    """
     from safetensors.torch import save_file
 
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / PLAN_FILE).unlink(missing_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in plan.weights.items()}
-    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": str(FORMAT)})
+    write_atomically(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": str(FORMAT)}))
     meta = {k: v for k, v in asdict(plan).items() if k != "weights"}
     meta["format"] = FORMAT
     meta["weights_file"] = WEIGHTS_FILE
     meta["weights_sha256"] = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
-    (folder / PLAN_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    write_atomically(folder / PLAN_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=1) + "\n"))
     return folder
+
+
+def _read_plan(directory: str | Path) -> tuple[dict, Path]:
+    """plan.json's fields (format and weights checksum verified, blocks as BlockRecords) and the weights path."""
+    path = Path(directory)
+    folder = path.parent if path.name == PLAN_FILE else path
+    fix = "Fix: give the folder that `python -m spd_ref calibrate --out DIR` wrote"
+    if not (folder / PLAN_FILE).is_file():
+        raise FileNotFoundError(f"no {PLAN_FILE} in {str(folder)!r}. {fix}.")
+    try:
+        meta = json.loads((folder / PLAN_FILE).read_text())
+    except ValueError as err:
+        raise ValueError(f"{folder / PLAN_FILE} is not valid JSON ({err}). {fix}, or calibrate again.") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{folder / PLAN_FILE} has format {meta.get('format')!r}; this spd_ref reads format "
+                         f"{FORMAT}. Fix: calibrate again with this version.")
+    weights_path = folder / meta.pop("weights_file")
+    expected = meta.pop("weights_sha256")
+    if not weights_path.is_file() or hashlib.sha256(weights_path.read_bytes()).hexdigest() != expected:
+        raise ValueError(f"{weights_path} is missing or does not match the checksum in {PLAN_FILE} (changed or "
+                         "truncated). Fix: calibrate again.")
+    meta.pop("format")
+    meta["blocks"] = [BlockRecord(**b) for b in meta["blocks"]]
+    return meta, weights_path
+
+
+def check_plan_folder(directory: str | Path, model_config=None, tp_degree: Optional[int] = None) -> Plan:
+    """The plan without its weights, checked as `load_plan` checks it: for commands, before they load a model."""
+    plan = Plan(**_read_plan(directory)[0])
+    check_plan(plan, model_config, tp_degree)
+    return plan
 
 
 def load_plan(directory: str | Path, model_config=None, tp_degree: Optional[int] = None) -> Plan:
     """Read a plan folder (or its plan.json) and validate it against `model_config` and `tp_degree`."""
     from safetensors.torch import load_file
 
-    path = Path(directory)
-    folder = path.parent if path.name == PLAN_FILE else path
-    if not (folder / PLAN_FILE).is_file():
-        raise FileNotFoundError(f"no {PLAN_FILE} in {str(folder)!r}. Fix: give the folder that "
-                                "`python -m spd_ref calibrate --out DIR` wrote.")
-    meta = json.loads((folder / PLAN_FILE).read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{folder / PLAN_FILE} has format {meta.get('format')!r}; this spd_ref reads format "
-                         f"{FORMAT}. Fix: calibrate again with this version.")
-    weights_path = folder / meta.pop("weights_file")
-    digest = hashlib.sha256(weights_path.read_bytes()).hexdigest()
-    if digest != meta.pop("weights_sha256"):
-        raise ValueError(f"{weights_path} does not match the checksum in {PLAN_FILE} (changed or truncated). "
-                         "Fix: calibrate again.")
-    meta.pop("format")
-    meta["blocks"] = [BlockRecord(**b) for b in meta["blocks"]]
+    meta, weights_path = _read_plan(directory)
     plan = Plan(**meta, weights=load_file(str(weights_path)))
     check_plan(plan, model_config, tp_degree)
     return plan

@@ -56,6 +56,7 @@ def test_llama_shapes_are_the_public_ones() -> None:
 def test_parse_list_and_summary() -> None:
     assert workload.parse_list("1,16", int) == [1, 16]
     assert workload.parse_list("16K,1M", int) == [16384, 1 << 20]
+    assert workload.parse_list("nccl,ring,oneshot", str) == ["nccl", "ring", "oneshot"]  # no suffix on words
     assert workload.parse_list("none") == []
     med, p90 = summarize([float(i) for i in range(1, 11)])
     assert med == 5.5 and p90 == 9.0
@@ -103,7 +104,7 @@ def tp2_rows(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "tp2.jsonl"
     done = launch(2, ["bench", "--shape", "tiny", "--batch", "1,2", "--prompt-lens", "8", "--ctx", "16",
                       "--spd-ratios", "0,0.5,1", "--no-comm", "--repeats", "3", "--warmup", "1",
-                      "--prefill-repeats", "2", "--allreduce", "--ar-sizes", "4K,64K", "--ar-repeats", "2",
+                      "--prefill-repeats", "2", "--ar-bench", "--ar-sizes", "4K,64K", "--ar-repeats", "2",
                       "--tag", "test", "--out", str(out)], cpu=True, timeout_s=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return out, [json.loads(line) for line in out.read_text().splitlines()]

@@ -82,6 +82,24 @@ def test_efficiency_is_one_when_spd_saves_exactly_its_all_reduces() -> None:
     assert max(abs(p["rel_err"]) for p in preds) < 1e-6
 
 
+def test_kinds_get_their_own_groups_and_a_flagged_group_gets_no_efficiency() -> None:
+    t_ar, t_one = 0.025, 0.010
+    ar = [dict(kind="allreduce", tp=4, p2p=True, bytes=b, ms_median=t_ar) for b in (4096, 16384)]
+    ar += [dict(kind="allreduce", allreduce="oneshot", tp=4, p2p=True, bytes=b, ms_median=t_one) for b in (4096, 16384)]
+    rows = ar + [_decode_row(None, 0, 1.0, no_comm=True, consistent=None),  # one floor serves both kinds
+                 _decode_row(0.0, 8, 1.0 + 8 * t_ar, allreduce="nccl", consistent=True),
+                 _decode_row(1.0, 4, 1.0 + 4 * t_ar, allreduce="nccl", consistent=True),
+                 _decode_row(0.0, 8, 1.0 + 8 * t_one, allreduce="oneshot", consistent=True),
+                 _decode_row(1.0, 4, 1.2, allreduce="oneshot", consistent=False)]  # SPD slower than its baseline
+    table = {(t["allreduce"], t["spd_ratio"]): t for t in C.saving_table(rows)}
+    nccl, one = table[("nccl", 1.0)], table[("oneshot", 1.0)]
+    assert nccl["floor_ms"] == one["floor_ms"] == 1.0
+    assert nccl["eff_ar"] == pytest.approx(1.0) and nccl["consistent"] is True  # fitted on NCCL's rows only
+    assert one["eff_ar"] is None and one["eff_floor"] is None and one["consistent"] is False
+    assert table[("oneshot", 0.0)]["comm_share"] == pytest.approx(8 * t_one / (1.0 + 8 * t_one))
+    assert C.saving_table(rows[:4] + [_decode_row(0.0, 8, 1.2)])[0]["consistent"] is None  # never checked
+
+
 def test_report_runs_on_rows(capsys, tmp_path) -> None:
     ar = [dict(kind="allreduce", tp=4, p2p=True, bytes=b, ms_median=t)
           for b, t in zip(SIZES, _synthetic(20.0, 300.0, tp=4))]
@@ -100,7 +118,7 @@ def test_fit_on_real_gloo_measurements_is_positive_and_monotone(tmp_path) -> Non
     from spd_ref.launch import launch
 
     out = tmp_path / "ar.jsonl"
-    done = launch(2, ["bench", "--allreduce", "--ar-sizes", "4K,64K,1M,8M", "--ar-repeats", "5",
+    done = launch(2, ["bench", "--ar-bench", "--ar-sizes", "4K,64K,1M,8M", "--ar-repeats", "5",
                       "--ar-per-graph", "4", "--warmup", "1", "--dtype", "fp32", "--out", str(out)],
                   cpu=True, timeout_s=300)
     assert done.returncode == 0, done.stderr[-3000:]

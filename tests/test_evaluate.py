@@ -67,16 +67,6 @@ def test_paper_suite_without_network_stops(monkeypatch, no_lm_eval_run):
         evaluate_model(None, None, ["spd_analogy", "piqa"])
 
 
-def test_cli_rejects_bad_arguments_before_loading_a_model(capsys, tmp_path):
-    assert cli(["--tasks", "paper", "--out", str(tmp_path / "x.jsonl")]) == 2
-    assert "--tasks offline" in capsys.readouterr().err
-    assert cli(["--tasks", "nope"]) == 2
-    assert "'nope'" in capsys.readouterr().err
-    assert cli(["--plan", str(tmp_path), "--spd-blocks", "1"]) == 2
-    assert "give one of them" in capsys.readouterr().err
-    assert not (tmp_path / "x.jsonl").exists()
-
-
 FAKE_LM_EVAL_OUTPUT = {
     "results": {
         "spd_analogy": {"alias": "spd_analogy", "acc,none": 0.75, "acc_stderr,none": "N/A",

@@ -62,15 +62,15 @@ def test_argv_split_at_the_command() -> None:
 
 @pytest.mark.slow
 def test_two_gloo_processes_run_and_agree(tmp_path) -> None:
-    # bench --allreduce checks on every rank that the all-reduce of (rank + 1) is 1 + 2 = 3.
+    # bench --ar-bench checks on every rank that the all-reduce of (rank + 1) is 1 + 2 = 3.
     out = tmp_path / "ar.jsonl"
-    done = L.launch(2, ["bench", "--allreduce", "--ar-sizes", "4K", "--ar-repeats", "2", "--warmup", "1",
+    done = L.launch(2, ["bench", "--ar-bench", "--ar-sizes", "4K", "--ar-repeats", "2", "--warmup", "1",
                         "--out", str(out)], cpu=True, timeout_s=240)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 1  # rank 0 alone writes
     assert rows[0]["tp"] == 2 and rows[0]["ranks_agree"] is True and rows[0]["gpu"] == "cpu"
-    assert "allreduce tp=2" in done.stdout
+    assert "allreduce nccl tp=2" in done.stdout
 
 
 def _processes_with(marker: str) -> list[int]:

@@ -135,9 +135,12 @@ def test_cost_model_fit_and_prediction():
 
 def test_print_fits(capsys):
     rows = [dict(kind="allreduce", tp=4, p2p=False, bytes=b, ms_median=0.020 + b * 1.5 / 25e6) for b in (8192, 1 << 20)]
-    nb01.print_fits(rows)
-    assert capsys.readouterr().out.strip() == ("TP 4, P2P off: alpha = 20.0 us, bus bandwidth = 25.00 GB/s "
-                                               "(2 message sizes)")
+    rows += [dict(kind="allreduce", allreduce="oneshot", tp=2, p2p=True, bytes=b, ms_median=0.007 + b / 125e6)
+             for b in (8192, 1 << 20)]
+    nb01.print_fits(rows)  # one line per kind; rows without a kind are NCCL's
+    assert capsys.readouterr().out.strip().splitlines() == [
+        "TP 4, P2P off, nccl: alpha = 20.0 us, bus bandwidth = 25.00 GB/s (2 message sizes)",
+        "TP 2, P2P on, oneshot: alpha = 7.0 us, bus bandwidth = 125.00 GB/s (2 message sizes)"]
 
 
 def test_cost_figures_and_widget():

@@ -15,7 +15,7 @@ from spd_ref.calibration.headgroup import head_distances, head_grouping
 from spd_ref.hf import apply_tp, decoder_layers
 from spd_ref.latency.report import current_rows
 from spd_ref.plan import load_plan, save_plan
-from spd_ref.calibration.sensitivity import BlockClass, capture_block_inputs, classify, perplexity, sensitivity_scan
+from spd_ref.calibration.sensitivity import capture_block_inputs, classify, perplexity, sensitivity_scan
 
 PNG = b"\x89PNG"
 

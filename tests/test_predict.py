@@ -76,7 +76,7 @@ def test_current_rows_take_the_full_post_fusion_sweeps(rows) -> None:
     assert len(pairs) == 6 and 0.015 < delta < 0.021
     assert max(p["per_layer_ms"] for p in pairs) - min(p["per_layer_ms"] for p in pairs) < 0.001
     md = R.markdown(R.measured_table(rows), R.TABLE_COLUMNS)
-    assert md.count("\n") == 25 and "| llama2-70b | 4 | off | 16 | pre-fusion | 26.040 |" in md
+    assert md.count("\n") == 25 and "| llama2-70b | 4 | off | 16 | 512 | nccl | pre-fusion | 26.040 |" in md
 
 
 def test_cost_model_errors_are_summarized_per_tp_and_p2p(rows) -> None:
@@ -158,3 +158,15 @@ def test_figures_are_written(tmp_path, rows, tp8) -> None:
     assert P.cli(["--results", *H100, "--tp", "8", "--out", str(out), "--what-if-busbw", ""]) == 0
     written = C.load_rows([str(out)])
     assert written and all(r["prediction"] and r["what_if_busbw_gbps"] is None for r in written)
+
+
+def test_the_oneshot_model_keeps_alpha_and_reads_n_minus_1_peers():
+    ar = [dict(kind="allreduce", allreduce="oneshot", tp=2, p2p=True, bytes=b, ms_median=0.007 + b * 8e-9)
+          for b in (8192, 65536, 1 << 20)]
+    ar += [dict(kind="allreduce", tp=2, p2p=True, bytes=b, ms_median=0.010 + b * 6e-9) for b in (8192, 1 << 20)]
+    models = P.comm_models(ar, True, kind="oneshot")
+    assert list(models) == [P.ONESHOT_MODEL]  # the NCCL rows are not fitted into it
+    two, eight = models[P.ONESHOT_MODEL](2), models[P.ONESHOT_MODEL](8)
+    assert two.alpha_ms == pytest.approx(0.007, rel=1e-3) and eight.alpha_ms == pytest.approx(two.alpha_ms)
+    assert eight.beta_ms_per_byte == pytest.approx(7 * two.beta_ms_per_byte)
+    assert P.comm_models(ar, False, kind="oneshot") == {}  # nothing measured with P2P off

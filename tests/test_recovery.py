@@ -9,7 +9,8 @@ import torch
 
 from conftest import random_model, tiny_config
 from spd_ref.block import BlockMode
-from spd_ref.calibration.calibrate import calibrate, recover_blocks
+from spd_ref.calibration.calibrate import calibrate
+from spd_ref.calibration.recover import recover_blocks
 from spd_ref.calibration.distill import block_mse
 from spd_ref.calibration.sensitivity import capture_block_inputs
 from spd_ref.hf import apply_tp, decoder_layers, remove_tp
@@ -60,7 +61,7 @@ def test_apply_plan_on_a_planned_model_resets_the_earlier_plan():
 
 
 def test_hg_before_b2b_never_raises_the_heldout_error():
-    from spd_ref.calibration.calibrate import recover_layer
+    from spd_ref.calibration.recover import recover_layer
 
     for seed in range(4):
         model = apply_tp(random_model(tiny_config(heads=4, kv_heads=2, layers=2), seed), 4)

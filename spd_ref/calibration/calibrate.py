@@ -15,20 +15,23 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from spd_ref.block import BlockMode
-from spd_ref.calibration.distill import (BATCH_SIZE, EPOCHS, HOLDOUT, LR, WEIGHT_DECAY, block_mse, distill_block,
-                                         split_windows, trained_copy)
-from spd_ref.calibration.headgroup import MAP_SAMPLES, RULE, RULES, head_grouping, tp_outputs
+from spd_ref.__main__ import CommandParser, check_model_args, number, output_folder
+from spd_ref.calibration.distill import BATCH_SIZE, EPOCHS, HOLDOUT, LR, WEIGHT_DECAY
+from spd_ref.calibration.headgroup import MAP_SAMPLES, RULE, RULES
 from spd_ref.calibration.noise import DRAWS, LEVEL, scan_intervals
+from spd_ref.calibration.recover import recover_block, recover_blocks  # noqa: F401 (recover_block: the sweep's)
+from spd_ref.calibration.resume import Checkpoint
 from spd_ref.hf import SimulatedTPLayer, apply_tp, decoder_layers, remove_tp, set_spd_blocks, spd_blocks_of
-from spd_ref.plan import (BlockRecord, Plan, block_prefix, config_signature, package_versions, save_plan,
-                   weight_fingerprint)
-from spd_ref.calibration.sensitivity import (STRATEGY, TAU1, TAU2, BlockInputs, capture_block_inputs, classify, perplexity, sensitivity_scan)
+from spd_ref.models import portable_name
+from spd_ref.plan import (BlockRecord, Plan, config_signature, package_versions, save_plan, weight_fingerprint)
+from spd_ref.calibration.sensitivity import (STRATEGY, TAU1, TAU2, capture_block_inputs, classify, perplexity,
+                                             sensitivity_scan)
 from spd_ref.plan import choose_blocks
 
 SAMPLES, SEQ_LEN = 8, 256  # [ours] CPU defaults: 2048 calibration tokens (the paper: 128 x 2048)
@@ -51,12 +54,16 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
               b2b: bool = True, hg: bool = True, b2b_batch_size: int = BATCH_SIZE,
               weight_decay: float = WEIGHT_DECAY, map_samples: int = MAP_SAMPLES, batch_size: int = SCAN_BATCH,
               hg_rule: str = RULE, holdout: float = HOLDOUT, refit: bool = False, sequential: bool = False,
-              cache_dtype: Optional[torch.dtype] = None, offload: Optional[str] = None, model_id: Optional[str] = None, progress: bool = True) -> Plan:
+              cache_dtype: Optional[torch.dtype] = None, offload: Optional[str] = None,
+              model_id: Optional[str] = None, progress: bool = True, checkpoint: Optional[Checkpoint] = None) -> Plan:
     """Calibrate an SPD plan for `model` at `tp_degree` ranks with SPD on round(ratio * L) blocks.
 
     tokens: calibration windows (n, T); when None, `spd_ref.calibration.data.calibration_tokens(tokenizer, samples,
     seq_len, seed, source)`. [ours] The scan measures perplexity on these calibration windows (held-out
     text stays for evaluation). The model is left as it was found (weights, TP state, SPD blocks).
+    checkpoint: where finished work is kept and read back from (spd_ref.calibration.resume), or None.
+    hg_rule, holdout, refit, sequential: recovery (spd_ref.calibration.recover); cache_dtype, offload:
+    how block activations are stored (spd_ref.calibration.activations).
     """
     given = tokens is not None
     if not given:
@@ -68,16 +75,17 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
     apply_tp(model, tp_degree)
     try:
         cache = capture_block_inputs(model, tokens, batch_size, progress, dtype=cache_dtype, offload=offload)
-        scan = sensitivity_scan(model, cache, progress=progress)
+        keep = checkpoint or Checkpoint(None)
+        scan = keep.scan(lambda: sensitivity_scan(model, cache, progress=progress))
         noise = scan_intervals(scan)  # [ours] bootstrap over windows: which scores the data can resolve
         classes = classify(scan, tau1, tau2)
         chosen = choose_blocks(scan.scores, ratio)
         layers = decoder_layers(model)
         strategies = {l: _strategy(classes[l], b2b, hg) for l in chosen}
         weights, recovered = recover_blocks(
-            model, cache, strategies, sequential, lr=lr, epochs=epochs, b2b_batch_size=b2b_batch_size,
-            weight_decay=weight_decay, map_samples=map_samples, hg_rule=hg_rule, holdout=holdout, refit=refit,
-            seed=seed, progress=progress)
+            model, cache, strategies, sequential, checkpoint=keep, lr=lr, epochs=epochs,
+            b2b_batch_size=b2b_batch_size, weight_decay=weight_decay, map_samples=map_samples, hg_rule=hg_rule,
+            holdout=holdout, refit=refit, seed=seed, progress=progress)
         records = [BlockRecord(l, scan.scores[l], scan.relative[l], classes[l].value, strategies[l], True,
                                hg=recovered.get(l, (None, None))[0], b2b=recovered.get(l, (None, None))[1])
                    for l in chosen]
@@ -99,116 +107,52 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
                 "scan_text": "calibration", "suffix_ppl": scan.suffix_ppl,
                 "scan_noise": {"level": LEVEL, "draws": DRAWS, "low": noise.low, "high": noise.high,
                                "median_half_width": noise.median_half_width()}}
-    return Plan(model_id or getattr(model.config, "_name_or_path", "") or "unknown", tp_degree, len(layers),
+    model_id = model_id or portable_name(getattr(model.config, "_name_or_path", "") or "unknown")
+    return Plan(model_id, tp_degree, len(layers),
                 config_signature(model.config), weight_fingerprint(model), scan.base_ppl, chosen,
                 sorted(records, key=lambda r: r.block), settings, package_versions(), weights)
 
 
-def recover_layer(layer: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, kwargs: dict, strategy: str, *,
-                  lr: float = LR, epochs: int = EPOCHS, b2b_batch_size: int = BATCH_SIZE,
-                  weight_decay: float = WEIGHT_DECAY, map_samples: int = MAP_SAMPLES, hg_rule: str = RULE,
-                  holdout: float = HOLDOUT, refit: bool = False, seed: int = 0, progress: bool = True,
-                  desc: str = "B2B") -> tuple[nn.Module, Optional[dict], Optional[dict]]:
-    """Recover a copy of one SPD block ("b2b", "hg" or "hg+b2b") on its inputs and TP targets.
-
-    Before B2B, HG scores its candidates on the windows B2B trains on, and [ours] its choice is
-    undone if it raises the error on B2B's held-out windows (a regrouping fitted to a few windows
-    can), so neither step can make the block worse on text it did not see. Returns the copy and the
-    HG and B2B records (None where not run); the HG record includes the block's MSE on all windows
-    before and after HG (zero-shot SPD) and whether HG was kept.
-    """
-    layer, hg, b2b = trained_copy(layer), None, None
-    if strategy.startswith("hg"):
-        layer.block_mode = BlockMode.SPD  # errors before and after HG show what HG alone changes
-        zero_shot = block_mse(layer, inputs, targets, kwargs)
-        train, held = split_windows(inputs.shape[0], holdout if strategy.endswith("b2b") else 0.0)
-        own = {k: v.clone() for k, v in layer.state_dict().items()}
-        held_before = block_mse(layer, inputs[held], targets[held], kwargs)
-        hg = head_grouping(layer, inputs[train], kwargs, map_samples, rule=hg_rule).as_dict()
-        hg["kept"] = train == held or block_mse(layer, inputs[held], targets[held], kwargs) <= held_before
-        if not hg["kept"]:
-            layer.load_state_dict(own)
-        hg["mse_zero_shot"] = zero_shot
-        hg["mse_after_hg"] = block_mse(layer, inputs, targets, kwargs)
-    if strategy.endswith("b2b"):
-        b2b = distill_block(layer, inputs, targets, kwargs, lr=lr, epochs=epochs, batch_size=b2b_batch_size,
-                            weight_decay=weight_decay, holdout=holdout, refit=refit, seed=seed,
-                            progress=progress, desc=desc).as_dict()
-    return layer, hg, b2b
+def check_args(args: argparse.Namespace) -> None:
+    """The model's heads against --tp, the window length against its positions, tau1 <= tau2."""
+    if args.tau1 > args.tau2:
+        raise ValueError(f"--tau1 {args.tau1} is above --tau2 {args.tau2}: in-sensitive blocks must score below "
+                         "extremely sensitive ones. Fix: give tau1 <= tau2")
+    check_model_args(args.model, [args.tp], seq_len=args.seq_len)
 
 
-def recover_block(model: nn.Module, cache: BlockInputs, block: int, strategy: str,
-                  **options) -> tuple[dict[str, torch.Tensor], Optional[dict], Optional[dict]]:
-    """Recover one SPD block on a copy, on the TP model's inputs (`cache`, capture_block_inputs).
-
-    Returns the copy's weights under the model's state-dict names and the HG and B2B records;
-    `options` are recover_layer's keywords.
-    """
-    layer, hg, b2b = recover_layer(decoder_layers(model)[block], cache.block(block), cache.block(block + 1),
-                                   cache.kwargs, strategy, desc=f"B2B block {block}", **options)
-    prefix = block_prefix(model, block)
-    return {prefix + name: p.detach().clone() for name, p in layer.named_parameters()}, hg, b2b
-
-
-def recover_blocks(model: nn.Module, cache: BlockInputs, strategies: dict[int, str], sequential: bool = False,
-                   targets: str = "block", **options) -> tuple[dict[str, torch.Tensor], dict[int, tuple[Optional[dict], Optional[dict]]]]:
-    """Recover every SPD block of `strategies` (block -> "zs", "b2b", "hg" or "hg+b2b").
-
-    sequential=False: each block trains on the TP model's inputs (METHOD.md s.4, independent blocks).
-    [ours] sequential=True: block l trains on the outputs of blocks 0..l-1 as the plan will run them
-    (SPD blocks already recovered), towards targets="block": the TP block's output on those same
-    inputs (METHOD.md s.4's objective), or targets="model": the TP model's activation after block l,
-    so that the block also learns to undo the drift of the SPD blocks before it.
-    Returns the changed weights and each recovered block's (HG, B2B) records.
-    """
-    if targets not in ("block", "model"):
-        raise ValueError(f"targets={targets!r} is unknown; use 'block' (the TP block on the same inputs) or "
-                         "'model' (the TP model's activations).")
-    if not sequential:
-        out = {l: recover_block(model, cache, l, s, **options) for l, s in strategies.items() if s != "zs"}
-        return {k: v for w, _, _ in out.values() for k, v in w.items()}, {l: r[1:] for l, r in out.items()}
-    weights, records, layers = {}, {}, decoder_layers(model)
-    h = cache.block(0)
-    for l in range(max(strategies, default=-1) + 1):
-        layer, strategy = layers[l], strategies.get(l)
-        if strategy not in (None, "zs"):
-            target = tp_outputs(layer, h, cache.kwargs) if targets == "block" else cache.block(l + 1)
-            layer, *records[l] = recover_layer(layer, h, target, cache.kwargs, strategy, desc=f"B2B block {l}",
-                                               **options)
-            prefix = block_prefix(model, l)
-            weights.update({prefix + name: p.detach().clone() for name, p in layer.named_parameters()})
-        was, layer.block_mode = layer.block_mode, BlockMode.SPD if l in strategies else BlockMode.TP
-        with torch.no_grad():
-            h = torch.cat([layer(x, **cache.kwargs) for x in h.split(cache.batch_size)])
-        layer.block_mode = was
-    return weights, {l: tuple(r) for l, r in records.items()}
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m spd_ref calibrate",
-                                description="SPD calibration: sensitivity scan, B2B, HG; writes a plan folder.",
-                                epilog="Defaults marked [ours] are this project's (the paper does not fix them).")
+def _parser() -> CommandParser:
+    count = number(int, 1)
+    p = CommandParser(prog="python -m spd_ref calibrate", checks=[check_args],
+                      description="SPD calibration: sensitivity scan, B2B, HG; writes a plan folder. Interrupted "
+                                  "(Ctrl-C, killed), the same command resumes: the scan and every recovered block "
+                                  "are kept in OUT/.calibration/ as they finish. The plan's files are written "
+                                  "atomically, plan.json last.",
+                      epilog="Defaults marked [ours] are this project's (the paper does not fix them).")
     p.add_argument("--model", default="smollm2", help="'smollm2' (offline), a local folder, a .gguf or a hub id")
-    p.add_argument("--tp", type=int, required=True, help="tensor-parallel degree N the plan is for")
-    p.add_argument("--ratio", type=float, required=True, help="fraction of blocks with SPD (0..1)")
-    p.add_argument("--out", required=True, help="folder to write plan.json and weights.safetensors into")
-    p.add_argument("--samples", type=int, default=SAMPLES, help=f"calibration windows [ours] {SAMPLES}; paper 128")
-    p.add_argument("--seq-len", type=int, default=SEQ_LEN, help=f"tokens per window [ours] {SEQ_LEN}; paper 2048")
+    p.add_argument("--tp", type=count, required=True, help="tensor-parallel degree N the plan is for")
+    p.add_argument("--ratio", type=number(float, 0, 1), required=True, help="fraction of blocks with SPD (0..1)")
+    p.add_argument("--out", type=output_folder, required=True,
+                   help="folder to write plan.json and weights.safetensors into")
+    p.add_argument("--samples", type=count, default=SAMPLES, help=f"calibration windows [ours] {SAMPLES}; paper 128")
+    p.add_argument("--seq-len", type=number(int, 2), default=SEQ_LEN,
+                   help=f"tokens per window [ours] {SEQ_LEN}; paper 2048")
     p.add_argument("--seed", type=int, default=0, help="window sampling and B2B shuffling seed")
     p.add_argument("--source", default="offline", choices=("offline", "wikitext2"),
                    help="calibration text: offline Wikipedia (gensim) [ours], or the paper's WikiText2 (needs hub)")
     p.add_argument("--tau1", type=float, default=TAU1, help=f"in-sensitive if s_l/PPL <= tau1 [ours] {TAU1}")
-    p.add_argument("--tau2", type=float, default=TAU2, help=f"extremely sensitive if s_l/PPL > tau2 [ours] {TAU2}")
-    p.add_argument("--lr", type=float, default=LR, help=f"B2B AdamW learning rate (paper, LLaMA2) {LR}")
-    p.add_argument("--epochs", type=int, default=EPOCHS, help=f"B2B epochs (paper) {EPOCHS}")
-    p.add_argument("--b2b-batch-size", type=int, default=BATCH_SIZE, help=f"B2B windows per step [ours] {BATCH_SIZE}")
-    p.add_argument("--map-samples", type=int, default=MAP_SAMPLES, help=f"HG windows for maps [ours] {MAP_SAMPLES}")
-    p.add_argument("--batch-size", type=int, default=SCAN_BATCH, help=f"scan windows per pass [ours] {SCAN_BATCH}")
+    p.add_argument("--tau2", type=float, default=TAU2,
+                   help=f"extremely sensitive if s_l/PPL > tau2 [ours] {TAU2}")
+    p.add_argument("--lr", type=number(float, 0), default=LR, help=f"B2B AdamW learning rate (paper, LLaMA2) {LR}")
+    p.add_argument("--epochs", type=count, default=EPOCHS, help=f"B2B epochs (paper) {EPOCHS}")
+    p.add_argument("--b2b-batch-size", type=count, default=BATCH_SIZE, help=f"B2B windows per step [ours] {BATCH_SIZE}")
+    p.add_argument("--map-samples", type=count, default=MAP_SAMPLES, help=f"HG windows for maps [ours] {MAP_SAMPLES}")
+    p.add_argument("--batch-size", type=count, default=SCAN_BATCH, help=f"scan windows per pass [ours] {SCAN_BATCH}")
     p.add_argument("--no-b2b", action="store_true", help="skip B2B (sensitive blocks get zero-shot SPD)")
     p.add_argument("--no-hg", action="store_true", help="skip HG (extremely sensitive blocks get B2B only)")
     p.add_argument("--hg-rule", default=RULE, choices=RULES,
                    help="HG: 'error' keeps a regrouping only if it lowers the block error [ours]; 'paper': max-norm")
-    p.add_argument("--b2b-holdout", type=float, default=HOLDOUT,
+    p.add_argument("--b2b-holdout", type=number(float, 0, 0.99), default=HOLDOUT,
                    help=f"fraction of windows B2B holds out to pick its epoch or refuse training [ours] {HOLDOUT}")
     p.add_argument("--b2b-refit", action="store_true",
                    help="after the held-out check, train again on all windows for the best epoch count [ours] off")
@@ -218,31 +162,40 @@ def _parser() -> argparse.ArgumentParser:
                    help="block activations stored in the model's dtype [ours] or bfloat16 (half the memory)")
     p.add_argument("--cache-dir", default=None,
                    help="keep block activations in memory-mapped files here (host disk) [ours: off, on the device]")
-    p.add_argument("--eval-windows", type=int, default=8,
+    p.add_argument("--eval-windows", type=number(int, 0), default=8,
                    help="held-out windows for the final perplexity check, 0 to skip [ours] 8")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model dtype [ours] float32")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
+# Arguments that change neither the scan nor any recovered block: a checkpoint made with others still holds.
+NOT_IN_CHECKPOINT = ("out", "eval_windows", "quiet", "cache_dir")
+
+
 def cli(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from spd_ref.calibration.data import heldout_tokens
+    from spd_ref.calibration.resume import FOLDER
     from spd_ref.models import load_model
 
     start = time.perf_counter()
+    model_id = portable_name(args.model)
+    settings = {k: v for k, v in vars(args).items() if k not in NOT_IN_CHECKPOINT} | {"model": model_id}
+    checkpoint = Checkpoint(Path(args.out) / FOLDER, settings)
     model, tokenizer = load_model(args.model, getattr(torch, args.dtype))
     plan = calibrate(model, tokenizer, args.tp, args.ratio, samples=args.samples, seq_len=args.seq_len,
                      seed=args.seed, source=args.source, tau1=args.tau1, tau2=args.tau2, lr=args.lr,
                      epochs=args.epochs, b2b=not args.no_b2b, hg=not args.no_hg, b2b_batch_size=args.b2b_batch_size,
                      map_samples=args.map_samples, batch_size=args.batch_size, hg_rule=args.hg_rule,
                      holdout=args.b2b_holdout, refit=args.b2b_refit, sequential=args.b2b_sequential,
-                     offload=args.cache_dir,
                      cache_dtype=None if args.cache_dtype == "model" else getattr(torch, args.cache_dtype),
-                     model_id=args.model,
-                     progress=not args.quiet)
+                     offload=args.cache_dir, model_id=model_id, progress=not args.quiet, checkpoint=checkpoint)
     folder = save_plan(plan, args.out)
+    checkpoint.remove()
     print(plan.table())
+    if checkpoint.reused:
+        print("\n" + checkpoint.summary())
     print(f"\nTP={plan.tp_degree}, ratio={args.ratio}: SPD on {len(plan.spd_blocks)}/{plan.num_blocks} blocks "
           f"{plan.spd_blocks}; calibration PPL (TP) {plan.base_ppl:.3f}")
     print(f"scan noise: the median 95% interval of s_l / PPL is +-{plan.settings['scan_noise']['median_half_width']:.2%} "

@@ -6,25 +6,47 @@ scores its shard of the real runtime (spd_ref.evaluation.runtime) in lockstep an
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
+from spd_ref.__main__ import CommandParser, block_list, check_model_args, number, output_file
 from spd_ref.evaluation.evaluate import check_hub_for, evaluate_model, format_table, resolve_tasks, write_results
-from spd_ref.tp import in_torchrun
+from spd_ref.tp import ALLREDUCE_KINDS, DEFAULT_ALLREDUCE, DEFAULT_TIMEOUT_S, in_torchrun
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Tasks, hub, model, TP degree, blocks and plan: all known before the model loads."""
+    if args.plan and args.spd_blocks:
+        raise ValueError(f"--plan {args.plan} and --spd-blocks both choose SPD blocks. Fix: give one of them.")
+    args.task_names = resolve_tasks(args.tasks)
+    check_hub_for(args.task_names)
+    tp = int(os.environ["WORLD_SIZE"]) if in_torchrun() else args.tp  # under torchrun: the processes
+    if in_torchrun() and args.tp not in (None, tp):
+        raise ValueError(f"--tp {args.tp} but torchrun started {tp} processes. Fix: leave --tp out under torchrun, "
+                         f"or start {args.tp} processes")
+    check_model_args(args.model, [tp or 1], args.spd_blocks, args.plan, plan_tp=tp)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m spd_ref eval",
-                                description="lm-eval accuracy and perplexity of a model or an SPD plan")
+    p = CommandParser(prog="python -m spd_ref eval", checks=[check_args],
+                      description="lm-eval accuracy and perplexity of a model or an SPD plan")
     p.add_argument("--model", default="smollm2", help="'smollm2' (offline), a local folder, .gguf or hub id")
     p.add_argument("--plan", help="folder of an SPD plan (spd_ref.plan) to apply; sets tp and blocks")
-    p.add_argument("--tp", type=int, default=None, help="simulated tensor-parallel degree (default 1, or the plan's)")
-    p.add_argument("--spd-blocks", default="", help="comma-separated 0-based blocks to give SPD (zero-shot)")
+    p.add_argument("--tp", type=number(int, 1), default=None,
+                   help="simulated tensor-parallel degree (default 1, or the plan's)")
+    p.add_argument("--spd-blocks", type=block_list, default="",
+                   help="0-based blocks to give SPD (zero-shot), e.g. 1,3,5-7")
     p.add_argument("--tasks", default="offline", help="'offline', 'paper', or comma-separated task names")
-    p.add_argument("--limit", type=int, default=None, help="first N items of each task")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=number(int, 1), default=None, help="first N items of each task")
+    p.add_argument("--batch-size", type=number(int, 1), default=16)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--out", default="results/eval.jsonl", help="JSON lines file to append to")
+    p.add_argument("--allreduce", choices=ALLREDUCE_KINDS, default=DEFAULT_ALLREDUCE,
+                   help="under torchrun: the sync-point all-reduce (see `generate --help`)")
+    p.add_argument("--out", type=output_file, default="results/eval.jsonl", help="JSON lines file to append to")
+    p.add_argument("--timeout", type=number(float, 1), default=DEFAULT_TIMEOUT_S,
+                   help="under torchrun: process-group timeout in seconds, after which a rank left waiting for "
+                        "a dead one gives up [ours]")
     return p.parse_args(argv)
 
 
@@ -34,17 +56,9 @@ def prepare_model(args: argparse.Namespace):
 
     from spd_ref.hf import apply_tp, decoder_layers, spd_blocks_of
     from spd_ref.models import load_model
+    from spd_ref.plan import apply_plan, load_plan
 
-    blocks = [int(b) for b in args.spd_blocks.split(",") if b.strip()]
-    if args.plan and blocks:
-        raise ValueError(f"--plan {args.plan} and --spd-blocks {args.spd_blocks} both choose SPD blocks. "
-                         "Fix: give one of them.")
-    if args.plan:
-        try:
-            from spd_ref.plan import apply_plan, load_plan
-        except ImportError as err:
-            raise RuntimeError(f"--plan needs spd_ref.plan, which this checkout lacks ({err}). "
-                               "Fix: update spd_ref, or use --tp N --spd-blocks I,J,...") from err
+    blocks = args.spd_blocks
     model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype))
     if args.plan:
         plan = load_plan(args.plan, model.config, tp_degree=args.tp)  # --tp, if given, must match
@@ -64,9 +78,8 @@ def prepare_model(args: argparse.Namespace):
 
 def cli(argv: Sequence[str]) -> int:
     args = parse_args(argv)
+    names = args.task_names
     try:
-        names = resolve_tasks(args.tasks)
-        check_hub_for(names)  # fail before the model loads
         if in_torchrun():  # real TP: every rank scores its shard in lockstep; rank 0 reports
             from spd_ref.evaluation.runtime import evaluate_runtime
 

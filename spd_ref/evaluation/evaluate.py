@@ -152,10 +152,15 @@ def device_name() -> str:
 
 def write_results(rows: Iterable[dict], path: str | Path, *, model: str, tp: int = 1, strategy: str = "none",
                   spd_ratio: float = 0.0, **metadata) -> Path:
-    """Append one JSON line per row, with the run's metadata, date, device and package versions."""
+    """Append one JSON line per row, with the run's metadata, date, device and package versions.
+    `model` and `plan` are named portably (spd_ref.models.portable_name: never a local path)."""
+    from spd_ref.models import portable_name
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    common = {"model": model, "tp": tp, "strategy": strategy, "spd_ratio": spd_ratio, **metadata,
+    if metadata.get("plan"):
+        metadata["plan"] = portable_name(metadata["plan"])
+    common = {"model": portable_name(model), "tp": tp, "strategy": strategy, "spd_ratio": spd_ratio, **metadata,
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "device": device_name(), "versions": versions()}
     with open(path, "a") as f:

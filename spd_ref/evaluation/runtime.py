@@ -41,15 +41,15 @@ def evaluate_runtime(args, tasks: list[str]) -> tuple[list[dict], Optional[dict]
     the process group; the TP degree is the number of processes.
     """
     from spd_ref.evaluation.evaluate import evaluate_lm
-    from spd_ref.generate import parse_blocks
     from spd_ref.models import load_model
     from spd_ref.tp import init_distributed, shutdown
 
-    ctx = init_distributed()
+    ctx = init_distributed(args.timeout)
     try:
         dtype = getattr(torch, args.dtype)
+        ctx.use_allreduce(args.allreduce, dtype)
         hf_model, tokenizer = load_model(args.model, dtype=dtype)
-        blocks, overrides, strategy = parse_blocks(args.spd_blocks), None, "zs" if args.spd_blocks else "none"
+        blocks, overrides, strategy = args.spd_blocks, None, "zs" if args.spd_blocks else "none"
         if args.plan:
             from spd_ref.plan import load_plan
 
@@ -60,6 +60,7 @@ def evaluate_runtime(args, tasks: list[str]) -> tuple[list[dict], Optional[dict]
         runtime.set_spd_blocks(blocks)
         rows = evaluate_lm(RuntimeHFLM(runtime, hf_model, tokenizer, args.batch_size), tasks, args.limit)
         meta = {"model": args.model, "tp": ctx.world_size, "strategy": strategy, "runtime": "torchrun",
+                "allreduce": ctx.allreduce,
                 "spd_ratio": len(blocks) / hf_model.config.num_hidden_layers, "spd_blocks": sorted(blocks),
                 "plan": args.plan, "dtype": args.dtype, "limit": args.limit}
         return (rows, meta) if ctx.is_main else ([], None)

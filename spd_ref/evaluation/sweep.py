@@ -16,16 +16,17 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
 
+from spd_ref.__main__ import CommandParser, check_model_args, listed, number, output_folder
 from spd_ref.calibration.calibrate import SAMPLES, SEQ_LEN, recover_block
 from spd_ref.hf import apply_tp, decoder_layers, remove_tp
 from spd_ref.calibration.sensitivity import (STRATEGY, BlockClass, baseline_blocks, capture_block_inputs, classify, sensitivity_scan)
+from spd_ref.models import portable_name
 from spd_ref.plan import choose_blocks
 
 STRATEGIES = ("random", "zs", "b2b", "hg")
@@ -77,7 +78,7 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
             apply_tp(scorer, tp_degree, blocks)
             scored[key] = evaluate_model(scorer, tokenizer, tasks, limit=limit)
         for row in scored[key]:
-            rows.append({"model": getattr(model.config, "_name_or_path", ""), "tp": tp_degree, "strategy": strategy,
+            rows.append({"model": portable_name(model.config._name_or_path), "tp": tp_degree, "strategy": strategy,
                          "eval_dtype": str(eval_dtype).removeprefix("torch."),
                          "spd_ratio": ratio, "spd_blocks": blocks, "recovered": {l: k for l, k in kinds.items()
                                                                                 if k != "zs"}, **row})
@@ -128,33 +129,42 @@ def report(rows: list[dict], ppl_metric: str = "word_perplexity") -> str:
     return "\n".join(lines)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """What can be known before the model loads: the rows to report, or the tasks and the model's heads."""
+    if args.report:
+        if not list(Path(args.out).glob("sweep_tp*.jsonl")):
+            raise ValueError(f"--report: no sweep_tp*.jsonl in {args.out!r}. Fix: give the --out folder of a sweep")
+        return
+    from spd_ref.evaluation.evaluate import check_hub_for, resolve_tasks
+
+    check_hub_for(resolve_tasks(args.tasks))
+    check_model_args(args.model, args.tp, seq_len=args.seq_len)
+
+
 def cli(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m spd_ref sweep", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="python -m spd_ref sweep", description=__doc__.split("\n\n")[0], checks=[check_args])
     p.add_argument("--model", default="smollm2")
-    p.add_argument("--tp", default="4,3", help="comma-separated TP degrees")
-    p.add_argument("--steps", type=int, default=6, help="ratios 0, 1/steps, ..., 1 (the issue: steps >= 6)")
+    p.add_argument("--tp", type=listed(number(int, 1)), default="4,3", help="comma-separated TP degrees")
+    p.add_argument("--steps", type=number(int, 1), default=6, help="ratios 0, 1/steps, ..., 1 (the issue: steps >= 6)")
     p.add_argument("--tasks", default="offline")
-    p.add_argument("--limit", type=int, default=80, help="items per task [ours: CPU-sized]")
-    p.add_argument("--samples", type=int, default=SAMPLES)
-    p.add_argument("--seq-len", type=int, default=SEQ_LEN)
+    p.add_argument("--limit", type=number(int, 1), default=80, help="items per task [ours: CPU-sized]")
+    p.add_argument("--samples", type=number(int, 1), default=SAMPLES)
+    p.add_argument("--seq-len", type=number(int, 2), default=SEQ_LEN)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/sweep")
+    p.add_argument("--out", type=output_folder, default="results/sweep")
     p.add_argument("--report", action="store_true", help="only print the tables of the rows already in --out")
     args = p.parse_args(argv)
     if args.report:
         print(report(load_rows(args.out)))
         return 0
-    from spd_ref.models import load_model
     from spd_ref.evaluation.plots import plot_sweep
+    from spd_ref.models import load_model
 
-    if args.steps < 1:
-        print(f"error: --steps {args.steps} must be at least 1", file=sys.stderr)
-        return 2
     model, tokenizer = load_model(args.model)
     ratios = [i / args.steps for i in range(args.steps + 1)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for tp in (int(t) for t in args.tp.split(",")):
+    for tp in args.tp:
         rows = sweep_tp(model, tokenizer, tp, ratios, args.tasks, args.limit, args.samples, args.seq_len, args.seed)
         # One file per TP degree: degrees can run as separate processes (one core each) and progress survives.
         with open(out / f"sweep_tp{tp}.jsonl", "w") as f:

@@ -4,7 +4,7 @@ Model (the textbook latency-bandwidth model of a collective):
 
     t(bytes) = alpha + beta * bytes                                      one fit per (tp, p2p)
 
-fitted by least squares to the all-reduce microbenchmark (`bench --allreduce`). **[ours]** The fit
+fitted by least squares to the all-reduce microbenchmark (`bench --ar-bench`). **[ours]** The fit
 minimizes the relative error (each point weighted by 1/t): message sizes span four orders of
 magnitude, and plain least squares would let the largest messages decide alpha, while decode syncs
 are the smallest messages. alpha and beta are kept non-negative. `busbw_gbps` reports beta as the bus
@@ -80,7 +80,7 @@ def fit_alpha_beta(nbytes: Sequence[float], ms: Sequence[float], tp: int = 0,
     x, y = np.asarray(nbytes, float), np.asarray(ms, float)
     if len(x) < 2 or len(np.unique(x)) < 2:
         raise ValueError(f"need all-reduce times at 2 or more message sizes to fit alpha and beta, got "
-                         f"{len(np.unique(x))}. Fix: run `bench --allreduce` (it measures 14 sizes).")
+                         f"{len(np.unique(x))}. Fix: run `bench --ar-bench` (it measures 14 sizes).")
     w = 1 / y if relative else np.ones_like(y)
     alpha, beta = nonneg_weighted_lstsq(np.stack([np.ones_like(x), x], 1), y, w)
     return AlphaBeta(float(alpha), float(beta), tp, p2p, len(x))

@@ -1,7 +1,7 @@
 """Latency of the TP runtime under torchrun: decode, prefill, and the all-reduce itself.
 
     python -m spd_ref.launch --nproc 4 bench --shape llama2-7b --batch 1,16 --ctx 512 \\
-        --spd-ratios 0,0.25,0.5,0.75,1 --no-comm --allreduce --out results/h100.jsonl
+        --spd-ratios 0,0.25,0.5,0.75,1 --no-comm --ar-bench --out results/h100.jsonl
 
 Each measurement is one JSON object per line in --out (appended; schema in results/README.md),
 written by rank 0 as soon as it is measured, and summarized in a short table at the end.
@@ -10,9 +10,11 @@ How it times (DESIGN.md, performance protocol):
 - GPU: random bf16 weights made on the device; prefill and decode steps are captured in CUDA
   graphs and the replays are timed with CUDA events (warm-up first, then --repeats replays: median
   and p90). Decode runs the compiled block functions (`TPTransformer.compile_blocks`: one compile
-  per block mode and batch, reused by every layer and every SPD ratio: a new ratio only re-captures
-  the graph). Prefill runs the eager blocks in a graph (compiling every prompt length would cost
-  more device time than it saves on long prompts), so prefill rows say compiled=false.
+  per block mode, all-reduce kind and batch, reused by every layer and every SPD ratio: a new ratio
+  only re-captures the graph). Prefill runs the eager blocks in a graph (compiling every prompt
+  length would cost more device time than it saves on long prompts), so prefill rows say
+  compiled=false.
+- Sync points use each --allreduce kind in turn (nccl, oneshot: spd_ref.tp); rows say which.
 - [ours] Decode compiles with inductor's max-autotune-no-cudagraphs (Triton GEMV templates tried
   against cuBLAS), 5-10% faster than mode "default" on H100 (results/h100/README.md); the
   split lm_head (`--lm-head`, spd_ref.model) is the default too.
@@ -27,10 +29,14 @@ How it times (DESIGN.md, performance protocol):
 - Per ratio r, SPD goes on round(r L) blocks: from --plan DIR (the least sensitive blocks, as
   calibrated), else **[ours]** spread evenly over the depth (`spread_blocks`). All blocks cost
   the same, so for latency only the count matters; the rule just makes runs reproducible.
-- The floor (--no-comm) is the same model with every all-reduce removed (`model.comm = "none"`):
-  wrong numbers, right cost of the compute alone. At TP 1 there is nothing to remove: only the
-  baseline is measured.
-- The all-reduce microbenchmark (--allreduce) times in-place NCCL all-reduces of bf16 buffers,
+- The floor (--no-comm) is the same model with every all-reduce replaced by an opaque no-op
+  (`model.comm = "none"`, spd_ref.tp.skip_sync): wrong numbers, right cost of the compute alone,
+  with the compiler fusing around the no-op exactly as around an all-reduce. At TP 1 there is
+  nothing to remove: only the baseline is measured. The floor is measured first in each decode
+  group (batch, cache length), and every later row is checked against it and the baseline:
+  floor <= every communicating row, SPD 100% <= baseline (spd_ref.latency.consistency); rows that
+  break it are flagged `consistent: false` and printed as INCONSISTENT.
+- The all-reduce microbenchmark (--ar-bench) times all-reduces of bf16 buffers (each --allreduce kind),
   --ar-per-graph of them captured in one graph, per message size; commcost fits these.
 
 Every process ends itself: after NCCL work was captured in a CUDA graph,
@@ -47,29 +53,33 @@ from typing import Optional
 
 import torch
 
+from spd_ref.__main__ import CommandParser, listed, number, output_file
 from spd_ref.latency.allreduce import DEFAULT_AR_SIZES, bench_allreduce
+from spd_ref.latency.consistency import check_row
 from spd_ref.latency.schema import RowWriter, make_row, run_metadata
 from spd_ref.latency.timing import graphed, ranks_agree, run_then_exit, summarize, time_calls
 from spd_ref.latency.workload import DTYPES, SHAPES, blocks_for_ratio, llama_config, parse_list
 from spd_ref.model import DEFAULT_LM_HEAD, LM_HEAD_MODES, TPTransformer
-from spd_ref.tp import TPContext
+from spd_ref.tp import ALLREDUCE_KINDS, DEFAULT_ALLREDUCE, TPContext
 
 # ---- the model -----------------------------------------------------------------------------------
-def variants(ctx, ratios: list[float], no_comm: bool) -> list[Optional[float]]:
-    """SPD ratios to measure, None = the no-communication floor. One process: the baseline only;
-    one process holding one shard of a larger TP degree (--shard-of): the floor only."""
+def variants(ctx, ratios: list[float], no_comm: bool, kinds: list[str]) -> list[tuple[str, Optional[float]]]:
+    """(all-reduce kind, SPD ratio) pairs to measure; ratio None = the no-communication floor (once, and
+    first, so that every later row can be checked against it; it has no all-reduce). One process: the
+    baseline only; one process holding one shard of a larger TP degree (--shard-of): the floor only."""
     if ctx.world_size == 1:
-        return [0.0]
+        return [(kinds[0], 0.0)]
     if ctx.group is None:
-        return [None]
-    return list(ratios) + ([None] if no_comm else [])
+        return [(kinds[0], None)]
+    return ([(kinds[0], None)] if no_comm else []) + [(k, r) for k in kinds for r in sorted(ratios)]
 
 
-def _apply_variant(model, ratio: Optional[float], plan_dir: Optional[str]) -> list[int]:
+def _apply_variant(model, ratio: Optional[float], plan_dir: Optional[str], kind: str) -> list[int]:
     n = len(model.blocks)
     blocks = [] if ratio is None else blocks_for_ratio(ratio, n, plan_dir)
     model.set_spd_blocks(blocks)
     model.comm = "none" if ratio is None else "allreduce"
+    model.ctx.use_allreduce(kind, model.embed.dtype)
     return blocks
 
 
@@ -84,7 +94,7 @@ def bench_model(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> 
         med, p90 = summarize(times)
         return make_row(meta, kind=kind, spd_ratio=ratio, no_comm=ratio is None, spd_blocks=blocks,
                         sync_points_per_token=model.sync_points_per_token, ms_median=med, ms_p90=p90,
-                        repeats=len(times), **base, **kw)
+                        repeats=len(times), allreduce=None if ratio is None else ctx.allreduce, **base, **kw)
 
     def ids(batch: int, t: int) -> torch.Tensor:
         return torch.randint(0, cfg.vocab_size, (batch, t), device=dev, generator=gen)
@@ -93,8 +103,8 @@ def bench_model(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> 
         for plen in args.prompt_lens:
             model.setup_cache(batch, plen)
             prompt, pos = ids(batch, plen), torch.arange(plen, device=dev)
-            for ratio in variants(ctx, args.prefill_ratios, args.no_comm):
-                blocks = _apply_variant(model, ratio, args.plan)
+            for kind, ratio in variants(ctx, args.prefill_ratios, args.no_comm, args.allreduce):
+                blocks = _apply_variant(model, ratio, args.plan, kind)
                 out = {}
                 replay, _, graph = graphed(lambda: out.__setitem__("y", model(prompt, pos)), dev, warmup=1)
                 times = time_calls(replay, dev, 1, args.prefill_repeats)
@@ -107,23 +117,27 @@ def bench_model(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> 
     if compiled:
         model.compile_blocks(**({"mode": args.compile_mode} if args.compile_mode != "default" else {}))
     for batch in args.batch:
-        model.setup_cache(batch, args.ctx + 1)
-        # Random keys and values stand for a prefill of ctx tokens (same cost, no prefill compile).
-        for cache in model.caches:
-            for t in cache:
-                t.normal_(generator=gen)
-        step_ids, step_pos = ids(batch, 1), torch.tensor([args.ctx], device=dev)
-        for ratio in variants(ctx, args.spd_ratios, args.no_comm):
-            blocks = _apply_variant(model, ratio, args.plan)
-            out = {}
-            replay, warm_s, graph = graphed(lambda: out.__setitem__("y", model(step_ids, step_pos)), dev)
-            times = time_calls(replay, dev, args.warmup, args.repeats)
-            agree = None if ratio is None else ranks_agree(ctx, out["y"])
-            writer.add(row("decode", ratio, blocks, times, batch=batch, ctx=args.ctx,
-                           sync_bytes=batch * cfg.hidden_size * model.embed.element_size(),
-                           compiled=compiled, ranks_agree=agree, compile_s=round(warm_s, 2),
-                           compile_mode=args.compile_mode if compiled else None))
-            del replay, graph, out
+        for ctx_len in args.ctx:
+            model.setup_cache(batch, ctx_len + 1)
+            # Random keys and values stand for a prefill of ctx tokens (same cost, no prefill compile).
+            for cache in model.caches:
+                for t in cache:
+                    t.normal_(generator=gen)
+            step_ids, step_pos = ids(batch, 1), torch.tensor([ctx_len], device=dev)
+            group = []
+            for kind, ratio in variants(ctx, args.spd_ratios, args.no_comm, args.allreduce):
+                blocks = _apply_variant(model, ratio, args.plan, kind)
+                out = {}
+                replay, warm_s, graph = graphed(lambda: out.__setitem__("y", model(step_ids, step_pos)), dev)
+                times = time_calls(replay, dev, args.warmup, args.repeats)
+                agree = None if ratio is None else ranks_agree(ctx, out["y"])
+                measured = row("decode", ratio, blocks, times, batch=batch, ctx=ctx_len,
+                               sync_bytes=batch * cfg.hidden_size * model.embed.element_size(),
+                               compiled=compiled, ranks_agree=agree, compile_s=round(warm_s, 2),
+                               compile_mode=args.compile_mode if compiled else None)
+                group.append(check_row(measured, group))  # floor <= this row, SPD 100% <= baseline
+                writer.add(group[-1])
+                del replay, graph, out
 
 
 def build_model(ctx, shape: str, args):
@@ -152,19 +166,54 @@ def build_model(ctx, shape: str, args):
 
 
 # ---- command line --------------------------------------------------------------------------------
+def _kinds(text: str) -> list[str]:
+    """An argument type: a comma list of all-reduce kinds."""
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in ALLREDUCE_KINDS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"{','.join(unknown) or repr(text)} is not an all-reduce kind. "
+                                         f"Fix: a comma list of {', '.join(ALLREDUCE_KINDS)}")
+    return kinds
+
+
+def _lengths(text: str) -> list[int]:
+    """An argument type: prompt lengths, or 'none' for no prefill."""
+    return [] if text.strip().lower() == "none" else listed(number(int, 1))(text)
+
+
+def _shapes(text: str) -> list[str]:
+    """An argument type: a comma list of SHAPES."""
+    shapes = parse_list(text, str)
+    unknown = [s for s in shapes if s not in SHAPES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown shape {','.join(unknown)}. Fix: one of {', '.join(SHAPES)}, "
+                                         "or --model PATH")
+    return shapes
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.model and not Path(args.model).is_dir():
+        raise ValueError(f"--model {args.model} is not a folder. Fix: a folder saved with save_pretrained")
+    if args.shard_of > 1 and args.ar_bench:
+        raise ValueError(f"--shard-of {args.shard_of} runs one process with no group: nothing to all-reduce. "
+                         "Fix: leave out --ar-bench")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m spd_ref bench", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="python -m spd_ref bench", description=__doc__.split("\n\n")[0], checks=[_check])
     a = p.add_argument
-    a("--shape", default=None, help=f"comma list of {', '.join(SHAPES)} (default llama2-7b; none with "
-                                   "--allreduce alone)")
+    a("--shape", type=_shapes, default=None, help=f"comma list of {', '.join(SHAPES)} (default llama2-7b; none with "
+                                                 "--ar-bench alone)")
     a("--model", default=None, help="a checkpoint folder (config.json + safetensors) instead of --shape")
-    a("--layers", type=int, default=None, help="keep only the first K blocks")
+    a("--layers", type=number(int, 1), default=None, help="keep only the first K blocks")
     a("--dtype", choices=sorted(DTYPES), default="bf16")
-    a("--batch", default="1,16", help="comma list of batch sizes")
-    a("--prompt-lens", default="128,2048", help="prefill prompt lengths ('none' to skip prefill)")
-    a("--ctx", type=int, default=512, help="tokens in the KV cache before the timed decode step")
-    a("--spd-ratios", default="0,0.25,0.5,0.75,1", help="decode: shares of blocks with SPD")
-    a("--prefill-ratios", default="0,1", help="prefill: shares of blocks with SPD")
+    a("--batch", type=listed(number(int, 1)), default="1,16", help="comma list of batch sizes")
+    a("--prompt-lens", type=_lengths, default="128,2048", help="prefill prompt lengths ('none' to skip prefill)")
+    a("--ctx", type=listed(number(int, 1)), default="512",
+      help="comma list: tokens in the KV cache before the timed decode step")
+    a("--spd-ratios", type=listed(number(float, 0, 1)), default="0,0.25,0.5,0.75,1",
+      help="decode: shares of blocks with SPD")
+    a("--prefill-ratios", type=listed(number(float, 0, 1)), default="0,1", help="prefill: shares of blocks with SPD")
     a("--plan", default=None, help="SPD plan folder: blocks by sensitivity instead of spread evenly")
     a("--no-comm", action="store_true", help="also measure the floor: every all-reduce removed")
     a("--compile", choices=("auto", "on", "off"), default="auto",
@@ -172,24 +221,28 @@ def parser() -> argparse.ArgumentParser:
     a("--compile-mode", default="max-autotune-no-cudagraphs", choices=("default", "max-autotune-no-cudagraphs"),
       help="torch.compile mode of the decode blocks [ours: max-autotune, 5-10%% faster on H100 than "
            "'default', which compiles in a third of the time]; CUDA graphs are ours either way")
+    a("--allreduce", type=_kinds, default=DEFAULT_ALLREDUCE,
+      help=f"comma list of sync-point all-reduces: {', '.join(ALLREDUCE_KINDS)} [ours: {DEFAULT_ALLREDUCE} = oneshot "
+           "where it runs, measured fastest on 2 x H200, else nccl]. oneshot = PyTorch symmetric-memory one-shot "
+           "all-reduce (GPUs with peer access; no multicast)")
     a("--lm-head", choices=LM_HEAD_MODES, default=DEFAULT_LM_HEAD,
       help="[ours: split] split = vocab-parallel lm_head + one all-gather of the logits; "
            "replicated = every rank reads the whole head, no collective")
-    a("--shard-of", type=int, default=1, metavar="N",
+    a("--shard-of", type=number(int, 1), default=1, metavar="N",
       help="one process, no torchrun: time rank 0's shard of a TP-N model with no communication "
            "(the per-GPU compute of TP N on one GPU; floor rows only, shard_proxy=true)")
     a("--eager", dest="compile", action="store_const", const="off",
       help="same as --compile off (CUDA graphs are still captured on GPUs)")
-    a("--repeats", type=int, default=100, help="timed decode steps per variant")
-    a("--warmup", type=int, default=10, help="untimed replays before timing")
-    a("--prefill-repeats", type=int, default=5, help="timed prefills per variant")
-    a("--allreduce", action="store_true", help="run the all-reduce microbenchmark")
+    a("--repeats", type=number(int, 1), default=100, help="timed decode steps per variant")
+    a("--warmup", type=number(int, 0), default=10, help="untimed replays before timing")
+    a("--prefill-repeats", type=number(int, 1), default=5, help="timed prefills per variant")
+    a("--ar-bench", action="store_true", help="run the all-reduce microbenchmark (every --allreduce kind)")
     a("--ar-sizes", default=DEFAULT_AR_SIZES, help="all-reduce message sizes in bytes (K/M suffixes)")
-    a("--ar-per-graph", type=int, default=10, help="all-reduces captured per graph")
-    a("--ar-repeats", type=int, default=30, help="timed graph replays per size")
+    a("--ar-per-graph", type=number(int, 1), default=10, help="all-reduces captured per graph")
+    a("--ar-repeats", type=number(int, 1), default=30, help="timed graph replays per size")
     a("--seed", type=int, default=0)
     a("--tag", default=None, help="free text stored in every row (e.g. the sweep phase)")
-    a("--out", default="results/bench.jsonl", help="JSONL file to append the rows to")
+    a("--out", type=output_file, default="results/bench.jsonl", help="JSONL file to append the rows to")
     return p
 
 
@@ -215,9 +268,9 @@ def run(args) -> list[dict]:
     if ctx.is_main:
         print(f"bench: tp={ctx.world_size} p2p={meta['p2p']} on {meta['gpu']} torch {meta['torch']} "
               f"nccl {meta['nccl']} -> {args.out}", flush=True)
-    if args.allreduce:
+    if args.ar_bench:
         bench_allreduce(ctx, parse_list(args.ar_sizes, int), dtype, meta, writer, args)
-    shapes = [args.model] if args.model else parse_list(args.shape or ("" if args.allreduce else "llama2-7b"), str)
+    shapes = [args.model] if args.model else args.shape or ([] if args.ar_bench else ["llama2-7b"])
     for shape in shapes:
         t0 = time.perf_counter()
         model, label = build_model(ctx, shape, args)
@@ -233,8 +286,6 @@ def run(args) -> list[dict]:
 
 def cli(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
-    for name, kind in (("batch", int), ("prompt_lens", int), ("spd_ratios", float), ("prefill_ratios", float)):
-        setattr(args, name, parse_list(getattr(args, name), kind))
     return run_then_exit(lambda: run(args))
 
 

@@ -18,7 +18,6 @@ Both near 1 mean SPD removes communication without adding anything (DESIGN.md, p
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 from collections import defaultdict
@@ -27,6 +26,8 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 # The model and its fits; re-exported: callers and docs name them as commcost.X.
+from spd_ref.latency.consistency import consistent_group
+from spd_ref.__main__ import CommandParser, existing_glob
 from spd_ref.latency.alphabeta import BF16_BYTES, AlphaBeta, fit_alpha_beta, fit_ring, fit_ring_overhead, ring_model  # noqa: F401
 
 
@@ -51,20 +52,25 @@ def load_rows(paths: Iterable[str]) -> list[dict]:
     return rows
 
 
-def fit_rows(rows: Iterable[dict]) -> dict[tuple[int, bool], AlphaBeta]:
-    """One AlphaBeta per (tp, p2p) from the all-reduce rows (median times per op)."""
+def allreduce_kind(r: dict) -> str:
+    """The sync-point all-reduce of a row ("nccl" for rows from before there was a choice)."""
+    return r.get("allreduce") or "nccl"
+
+
+def fit_rows(rows: Iterable[dict], kind: str = "nccl") -> dict[tuple[int, bool], AlphaBeta]:
+    """One AlphaBeta per (tp, p2p) from the all-reduce rows of one kind (median times per op)."""
     by = defaultdict(list)
     for r in rows:
-        if r.get("kind") == "allreduce":
+        if r.get("kind") == "allreduce" and allreduce_kind(r) == kind:
             by[(r["tp"], r["p2p"])].append((r["bytes"], r["ms_median"]))
     return {k: fit_alpha_beta(*zip(*v), tp=k[0], p2p=k[1]) for k, v in sorted(by.items())}
 
 
-def interpolate_ar(rows: Iterable[dict], tp: int, p2p: bool, nbytes: float) -> Optional[float]:
-    """Measured all-reduce ms at `nbytes`, linear between the two nearest measured sizes
+def interpolate_ar(rows: Iterable[dict], tp: int, p2p: bool, nbytes: float, kind: str = "nccl") -> Optional[float]:
+    """Measured all-reduce ms of one kind at `nbytes`, linear between the two nearest measured sizes
     (None outside the measured range)."""
-    pts = sorted((r["bytes"], r["ms_median"]) for r in rows
-                 if r.get("kind") == "allreduce" and r["tp"] == tp and r["p2p"] == p2p)
+    pts = sorted((r["bytes"], r["ms_median"]) for r in rows if r.get("kind") == "allreduce"
+                 and r["tp"] == tp and r["p2p"] == p2p and allreduce_kind(r) == kind)
     if not pts or not pts[0][0] <= nbytes <= pts[-1][0]:
         return None
     xs, ys = zip(*pts)
@@ -72,25 +78,32 @@ def interpolate_ar(rows: Iterable[dict], tp: int, p2p: bool, nbytes: float) -> O
 
 
 def _group_key(r: dict) -> tuple:
-    """(impl, shape, tp, p2p, batch, ctx, compiled, layers): one decode setting."""
+    """(impl, shape, tp, p2p, batch, ctx, compiled, layers): one decode setting, whatever the all-reduce."""
     return (r.get("impl") or "spd_ref", r["shape"], r["tp"], r["p2p"], r["batch"], r["ctx"], r["compiled"],
             r.get("layers"))
 
 
 def decode_groups(rows: Iterable[dict]) -> dict[tuple, dict]:
-    """Decode rows of one run setting: {key: {"base": row, "floor": row, "spd": [rows by ratio]}}.
-    A later row of the same setting replaces an earlier one (reruns append)."""
+    """Decode rows of one run setting and all-reduce kind (the key's last item): {key: {"base": row,
+    "floor": row, "spd": {ratio: row}}}. The floor has no all-reduce: it joins every kind's group of its
+    setting. A later row of the same setting replaces an earlier one (reruns append)."""
     groups: dict[tuple, dict] = defaultdict(lambda: {"base": None, "floor": None, "spd": {}})
+    floors = {}
     for r in rows:
         if r.get("kind") != "decode":
             continue
-        g = groups[_group_key(r)]
         if r.get("no_comm"):
-            g["floor"] = r
-        elif not r.get("spd_ratio"):
+            floors[_group_key(r)] = r
+            continue
+        g = groups[_group_key(r) + (allreduce_kind(r),)]
+        if not r.get("spd_ratio"):
             g["base"] = r
         else:
             g["spd"][r["spd_ratio"]] = r
+    for key, floor in floors.items():
+        kinds = [k for k in groups if k[:-1] == key] or [key + ("nccl",)]
+        for k in kinds:
+            groups[k]["floor"] = floor
     return dict(groups)
 
 
@@ -103,18 +116,25 @@ def saving_table(rows: list[dict]) -> list[dict]:
             continue
         share = (base["ms_median"] - floor["ms_median"]) / base["ms_median"] if floor else None
         entries = [(0.0, base)] + sorted(g["spd"].items())
+        # Efficiencies only from a group whose rows agree with each other (spd_ref.latency.consistency).
+        group_rows = [r for _, r in entries] + ([floor] if floor else [])
+        trusted = consistent_group(group_rows)
+        checked = any(r.get("consistent") is not None for r in group_rows)  # rows from before the check: None
         for ratio, r in entries:
             removed = (base["sync_points_per_token"] or 0) - (r["sync_points_per_token"] or 0)
             saved = base["ms_median"] - r["ms_median"]
-            t_ar = interpolate_ar(rows, r["tp"], r["p2p"], r["sync_bytes"]) if r.get("sync_bytes") else None
-            eff_ar = saved / (removed * t_ar) if removed and t_ar else None
+            t_ar = (interpolate_ar(rows, r["tp"], r["p2p"], r["sync_bytes"], key[-1])
+                    if r.get("sync_bytes") else None)
+            eff_ar = saved / (removed * t_ar) if removed and t_ar and trusted else None
             floor_comm = (base["ms_median"] - floor["ms_median"]) if floor else None
             eff_floor = (saved / (floor_comm * removed / base["sync_points_per_token"])
-                         if removed and floor_comm else None)
+                         if removed and floor_comm and trusted else None)
             out.append(dict(impl=key[0], shape=r["shape"], tp=r["tp"], p2p=r["p2p"], batch=r["batch"],
-                            ctx=r["ctx"], compiled=r["compiled"], spd_ratio=ratio, syncs=r["sync_points_per_token"],
-                            ms=r["ms_median"], p90=r["ms_p90"], floor_ms=floor["ms_median"] if floor else None,
-                            saving=saved / base["ms_median"], comm_share=share, eff_ar=eff_ar, eff_floor=eff_floor))
+                            ctx=r["ctx"], compiled=r["compiled"], allreduce=key[-1], spd_ratio=ratio,
+                            syncs=r["sync_points_per_token"], ms=r["ms_median"], p90=r["ms_p90"],
+                            floor_ms=floor["ms_median"] if floor else None, saving=saved / base["ms_median"],
+                            comm_share=share, eff_ar=eff_ar, eff_floor=eff_floor,
+                            consistent=trusted if checked else None))
     return out
 
 
@@ -123,7 +143,7 @@ def prediction_table(rows: list[dict], fits: dict) -> list[dict]:
     out = []
     for key, g in decode_groups(rows).items():
         floor, model = g["floor"], fits.get((key[2], key[3]))
-        if floor is None or model is None:
+        if floor is None or model is None or key[-1] != "nccl":  # the fits are NCCL's
             continue
         for r in ([g["base"]] if g["base"] else []) + [g["spd"][k] for k in sorted(g["spd"])]:
             pred = floor["ms_median"] + r["sync_points_per_token"] * model.time_ms(r["sync_bytes"])
@@ -163,9 +183,12 @@ def parse_what_if(spec: str) -> list[tuple[int, bool, Optional[float]]]:
     out = []
     for item in filter(None, spec.split(",")):
         parts = item.split(":")
-        if len(parts) not in (2, 3) or parts[1] not in ("on", "off"):
-            raise ValueError(f"--what-if item {item!r}: write TP:on|off[:BUSBW_GBPS], e.g. 8:off:10")
-        out.append((int(parts[0]), parts[1] == "on", float(parts[2]) if len(parts) == 3 else None))
+        try:
+            if len(parts) not in (2, 3) or parts[1] not in ("on", "off") or int(parts[0]) < 1:
+                raise ValueError
+            out.append((int(parts[0]), parts[1] == "on", float(parts[2]) if len(parts) == 3 else None))
+        except ValueError:
+            raise ValueError(f"--what-if item {item!r} is not TP:on|off[:BUSBW_GBPS]. Fix: write e.g. 8:off:10") from None
     return out
 
 
@@ -194,9 +217,10 @@ def report(rows: list[dict], what_if: Sequence[tuple[int, bool, Optional[float]]
     print_section("\nSPD saving (decode): eff_ar = saved / (removed syncs x microbenchmark all-reduce at that size);"
                   "\n                      eff_floor = saved / (removed share of (baseline - floor))",
                   saving_table(rows), [("impl", ""), ("shape", ""), ("tp", ""), ("p2p", ""), ("batch", ""),
-                                       ("compiled", ""), ("spd_ratio", ".2f"), ("syncs", ""), ("ms", ".3f"),
-                                       ("p90", ".3f"), ("floor_ms", ".3f"), ("saving", ".1%"), ("comm_share", ".0%"),
-                                       ("eff_ar", ".2f"), ("eff_floor", ".2f")])
+                                       ("ctx", ""), ("allreduce", ""), ("spd_ratio", ".2f"), ("syncs", ""),
+                                       ("ms", ".3f"), ("p90", ".3f"), ("floor_ms", ".3f"), ("saving", ".1%"),
+                                       ("comm_share", ".0%"), ("eff_ar", ".2f"), ("eff_floor", ".2f"),
+                                       ("consistent", "")])
 
 
 def print_what_if(rows, fits, rings, what_if) -> None:
@@ -223,8 +247,9 @@ def print_what_if(rows, fits, rings, what_if) -> None:
 
 
 def cli(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spd_ref commcost", description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", nargs="+", required=True, help="JSONL files (globs allowed) from bench/peer")
+    p = CommandParser(prog="python -m spd_ref commcost", description=__doc__.split("\n\n")[0],
+                      checks=[lambda args: parse_what_if(args.what_if)])
+    p.add_argument("--results", type=existing_glob, nargs="+", required=True, help="JSONL files (globs allowed) from bench/peer")
     p.add_argument("--what-if", default="", help="TP:on|off[:BUSBW_GBPS],... e.g. 8:on,4:off:10")
     args = p.parse_args(argv)
     rows = load_rows(args.results)

@@ -29,7 +29,8 @@ from typing import Optional
 
 import torch
 
-from spd_ref.latency.workload import DTYPES, llama_config, parse_list
+from spd_ref.__main__ import CommandParser, listed, number, output_file
+from spd_ref.latency.workload import DTYPES, SHAPES, llama_config
 from spd_ref.latency.schema import RowWriter, make_row, run_metadata
 from spd_ref.latency.timing import ranks_agree, run_then_exit, summarize, time_calls
 
@@ -143,23 +144,24 @@ def bench_peer(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> N
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m spd_ref peer", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="python -m spd_ref peer", description=__doc__.split("\n\n")[0])
     a = p.add_argument
-    a("--shape", default="llama2-7b", help="a bench shape (llama2-7b, llama2-13b, llama2-70b, tiny)")
-    a("--layers", type=int, default=None, help="keep only the first K blocks")
+    a("--shape", default="llama2-7b", choices=sorted(SHAPES), help="a bench shape")
+    a("--layers", type=number(int, 1), default=None, help="keep only the first K blocks")
     a("--checkpoint", default=None, help="folder of the random checkpoint (default /tmp/spd_ref_peer_SHAPE)")
     a("--make-checkpoint", action="store_true", help="only save the random checkpoint (one process), then exit")
     a("--dtype", choices=sorted(DTYPES), default="bf16")
-    a("--batch", default="1,16")
-    a("--ctx", type=int, default=512)
+    a("--batch", type=listed(number(int, 1)), default="1,16")
+    a("--ctx", type=number(int, 1), default=512)
     a("--compile", choices=("off", "try"), default="try",
           help="try: also time torch.compile(mode='reduce-overhead'), keeping eager if it fails")
-    a("--compile-batches", default="", help="compile only at these batch sizes (default: all)")
-    a("--repeats", type=int, default=100)
-    a("--warmup", type=int, default=10)
+    a("--compile-batches", type=listed(number(int, 1), empty=True), default="",
+      help="compile only at these batch sizes (default: all)")
+    a("--repeats", type=number(int, 1), default=100)
+    a("--warmup", type=number(int, 0), default=10)
     a("--seed", type=int, default=0)
     a("--tag", default=None)
-    a("--out", default="results/bench.jsonl")
+    a("--out", type=output_file, default="results/bench.jsonl")
     return p
 
 
@@ -168,7 +170,7 @@ def _load_and_bench(args, folder: str) -> None:
     from spd_ref.tp import init_distributed
 
     if not has_checkpoint(Path(folder)):
-        raise FileNotFoundError(f"no checkpoint in {folder}. Fix: first run `python -m spd_ref.latency.peer "
+        raise FileNotFoundError(f"no checkpoint in {folder}. Fix: first run `python -m spd_ref peer "
                                 f"--make-checkpoint --shape {args.shape} --checkpoint {folder}`")
     ctx = init_distributed()
     dtype = DTYPES[args.dtype]
@@ -192,8 +194,6 @@ def cli(argv: Optional[list[str]] = None) -> int:
     # transformers renames arguments between minor versions (past_key_values -> cache, tp_plan ->
     # distributed_config); the old names still work on every version this runs on (5.17 .. 5.24).
     warnings.filterwarnings("ignore", category=FutureWarning)
-    args.batch = parse_list(args.batch, int)
-    args.compile_batches = parse_list(args.compile_batches, int)
     label = args.shape + (f"-{args.layers}l" if args.layers else "")
     folder = args.checkpoint or f"/tmp/spd_ref_peer_{label}"
     if args.make_checkpoint:

@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
-from spd_ref.latency.commcost import decode_groups, fit_rows, load_rows
+from spd_ref.latency.commcost import allreduce_kind, decode_groups, fit_rows, load_rows
 
 
 def _pyplot():
@@ -28,8 +28,12 @@ def _pyplot():
     return plt
 
 
-def _label(tp: int, p2p: bool) -> str:
-    return f"TP {tp}" + ("" if tp == 1 else (" P2P on" if p2p else " P2P off"))
+def _label(tp: int, p2p: bool, kind: Optional[str] = None, ctx: Optional[int] = None) -> str:
+    """'TP 2 P2P on', plus the all-reduce kind where it is not NCCL and a cache that is not 512."""
+    label = f"TP {tp}" + ("" if tp == 1 else (" P2P on" if p2p else " P2P off"))
+    if tp > 1 and kind and kind != "nccl":
+        label += f" {kind}"
+    return label + (f" cache {ctx}" if ctx and ctx != 512 else "")
 
 
 def plot_decode(rows: list[dict], path: Path) -> Optional[Path]:
@@ -43,20 +47,21 @@ def plot_decode(rows: list[dict], path: Path) -> Optional[Path]:
     colors = {}
     for ax, (shape, batch) in zip(axes[0], panels):
         for key, g in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
-            impl, gshape, tp, p2p, gbatch = key[:5]
+            impl, gshape, tp, p2p, gbatch, ctx = key[:6]
             if (gshape, gbatch) != (shape, batch):
                 continue
-            color = colors.setdefault((tp, p2p), f"C{len(colors)}")
+            label = _label(tp, p2p, key[-1], ctx)
+            color = colors.setdefault(label, f"C{len(colors)}")
             if impl != "spd_ref":
-                if g["base"]:
+                if g["base"] and key[6]:  # the compiled peer only: eager is 10x slower and flattens the axes
                     ax.plot([0], [g["base"]["ms_median"]], marker="*", ms=11, ls="", color=color,
-                            label=f"{_label(tp, p2p)} transformers tp_plan" + (" (compiled)" if key[6] else ""))
+                            label=f"{label} transformers tp_plan (compiled)")
                 continue
             pts = ([(0.0, g["base"]["ms_median"])] if g["base"] else []) + \
                 [(r, row["ms_median"]) for r, row in sorted(g["spd"].items())]
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker="o", color=color, label=_label(tp, p2p) + ("" if key[6] else " (eager)"))
+                ax.plot(xs, ys, marker="o", color=color, label=label + ("" if key[6] else " (eager)"))
             if g["floor"]:
                 ax.axhline(g["floor"]["ms_median"], color=color, ls="--", lw=1)
         ax.set_title(f"{shape}, batch {batch} (dashed: no communication)", fontsize=9)
@@ -132,16 +137,15 @@ def plot_allreduce(rows: list[dict], path: Path) -> Optional[Path]:
     by = defaultdict(list)
     for r in rows:
         if r.get("kind") == "allreduce":
-            by[(r["tp"], r["p2p"])].append((r["bytes"], r["ms_median"] * 1e3))
+            by[(r["tp"], r["p2p"], allreduce_kind(r))].append((r["bytes"], r["ms_median"] * 1e3))
     if not by:
         return None
-    fits = fit_rows(rows)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for i, (key, pts) in enumerate(sorted(by.items())):
         xs, ys = zip(*sorted(pts))
         ax.plot(xs, ys, "o", color=f"C{i}", label=_label(*key))
-        fit = fits[key]
+        fit = fit_rows(rows, key[2])[key[:2]]
         ax.plot(xs, [fit.time_ms(x) * 1e3 for x in xs], "-", color=f"C{i}", lw=1,
                 label=f"  fit: {fit.alpha_ms * 1e3:.1f} us + bytes / ({fit.busbw_gbps:.0f} GB/s bus)")
     ax.set_xscale("log", base=2)

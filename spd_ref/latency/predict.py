@@ -27,6 +27,10 @@ measurement. Per shape (L blocks), batch, P2P setting and SPD ratio r (k = round
   back-to-back microbenchmark ones), and extrapolates the microbenchmarks' trend in N.
 - What-if bandwidth (P2P off only): the same latency with the bus bandwidth replaced (default 10 GB/s,
   the paper's low-bandwidth setting); the row's `what_if_busbw_gbps` says so.
+- `--allreduce oneshot`: the sync points use the symmetric-memory one-shot all-reduce, model "oneshot"
+  **[ours]**: alpha as measured at the largest measured TP degree (its barrier, held fixed in N), and
+  the per-byte term times (N - 1) / (M - 1) from M measured ranks, since each rank reads every peer's
+  partial. Fitted to the oneshot microbenchmark rows, kappa to the oneshot decode rows.
 
 `validate` predicts TP 4 from TP 1 and 2 rows only and compares with the measured TP 4 rows: the honest
 accuracy of extrapolating one TP doubling. "ring+overhead" needs two TP degrees, so it cannot be part of
@@ -34,7 +38,6 @@ that check; "ring" and "flat" bracket it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -43,23 +46,31 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from spd_ref.__main__ import CommandParser, existing_glob, listed, number, output_file
 from spd_ref.latency import commcost as C
 from spd_ref.latency.floorfit import floor_fits, measured_floors
 from spd_ref.latency.report import code_version, current_rows, fusion_delta, markdown
 
 RATIOS = (0.0, 0.25, 0.5, 0.7, 0.75, 1.0)
-COMM_MODELS = ("ring+overhead", "ring", "flat")
+COMM_MODELS = ("ring+overhead", "ring", "flat")  # of an NCCL all-reduce
+ONESHOT_MODEL = "oneshot"  # the one-shot all-reduce's model (module docstring)
 PRIMARY = "ring+overhead"
 
 MAX_FIT_BYTES = 1 << 20  # [ours] fit the all-reduce models on decode-sized messages only
 
 
-def comm_models(rows: list[dict], p2p: bool, max_bytes: int = MAX_FIT_BYTES) -> dict[str, Callable[[int], C.AlphaBeta]]:
-    """name -> (N -> AlphaBeta) from the all-reduce rows of one P2P setting (those that can be fitted)."""
-    ar = [r for r in rows if r.get("kind") == "allreduce" and r["p2p"] == p2p and r["bytes"] <= max_bytes]
+def comm_models(rows: list[dict], p2p: bool, max_bytes: int = MAX_FIT_BYTES,
+                kind: str = "nccl") -> dict[str, Callable[[int], C.AlphaBeta]]:
+    """name -> (N -> AlphaBeta) from the all-reduce rows of one P2P setting and kind (those that can be fitted)."""
+    ar = [r for r in rows if r.get("kind") == "allreduce" and r["p2p"] == p2p and r["bytes"] <= max_bytes
+          and C.allreduce_kind(r) == kind]
     pts = [(r["tp"], r["bytes"], r["ms_median"]) for r in ar]
     if len({p[1] for p in pts}) < 2:
         return {}
+    if kind == "oneshot":  # module docstring: alpha fixed, bytes read from N - 1 peers
+        m = max(p[0] for p in pts)
+        fit = C.fit_rows(ar, kind)[(m, p2p)]
+        return {ONESHOT_MODEL: lambda n: C.AlphaBeta(fit.alpha_ms, fit.beta_ms_per_byte * (n - 1) / (m - 1), n, p2p)}
     out: dict[str, Callable[[int], C.AlphaBeta]] = {}
     if len({p[0] for p in pts}) >= 2:
         c0, step, bw = C.fit_ring_overhead(pts)
@@ -71,11 +82,11 @@ def comm_models(rows: list[dict], p2p: bool, max_bytes: int = MAX_FIT_BYTES) -> 
     return out
 
 
-def sync_slopes(rows: list[dict], p2p: bool) -> list[dict]:
+def sync_slopes(rows: list[dict], p2p: bool, kind: str = "nccl") -> list[dict]:
     """Per measured decode setting with SPD ratios: the decode ms saved per removed sync (fitted slope)."""
     out = []
     for key, g in C.decode_groups(current_rows(rows)).items():
-        if key[0] != "spd_ref" or key[3] != p2p or g["base"] is None or not g["spd"]:
+        if key[0] != "spd_ref" or key[3] != p2p or key[-1] != kind or g["base"] is None or not g["spd"]:
             continue
         pts = [(r["sync_points_per_token"], r["ms_median"]) for r in [g["base"], *g["spd"].values()]]
         out.append(dict(tp=key[2], bytes=g["base"]["sync_bytes"], shape=key[1], batch=key[4],
@@ -83,9 +94,10 @@ def sync_slopes(rows: list[dict], p2p: bool) -> list[dict]:
     return out
 
 
-def in_model_kappa(rows: list[dict], p2p: bool, model: Callable[[int], C.AlphaBeta]) -> tuple[float, list[float]]:
+def in_model_kappa(rows: list[dict], p2p: bool, model: Callable[[int], C.AlphaBeta],
+                   kind: str = "nccl") -> tuple[float, list[float]]:
     """(median, all) of the in-model cost per sync / the model's all-reduce time, over decode settings."""
-    vals = [s["slope_ms"] / model(s["tp"]).time_ms(s["bytes"]) for s in sync_slopes(rows, p2p)]
+    vals = [s["slope_ms"] / model(s["tp"]).time_ms(s["bytes"]) for s in sync_slopes(rows, p2p, kind)]
     if not vals:
         raise ValueError(f"no decode rows with SPD ratios at p2p={p2p}: cannot calibrate kappa")
     return float(median(vals)), vals
@@ -100,9 +112,10 @@ def _row(**kw) -> dict:
 
 
 def predict(rows: list[dict], tp: int, ratios: Sequence[float] = RATIOS,
-            what_if_busbw: Sequence[float] = (10.0,)) -> list[dict]:
-    """Predicted decode rows at `tp` (floors and every ratio), per shape, batch, P2P (+ what-if), comm model."""
-    rows = list(rows)
+            what_if_busbw: Sequence[float] = (10.0,), kind: str = "nccl", ctx: int = 512) -> list[dict]:
+    """Predicted decode rows at `tp` (floors and every ratio), per shape, batch, P2P (+ what-if), comm model,
+    for sync points of one all-reduce kind, from the decode rows with `ctx` cached tokens."""
+    rows = [r for r in rows if r.get("kind") != "decode" or r.get("ctx") == ctx]
     pre = any(code_version(r) == "pre-fusion" for r in rows if r.get("kind") == "decode")
     delta = fusion_delta(rows, tps=sorted({r["tp"] for r in rows}))[0] if pre else 0.0
     floors = measured_floors(rows, delta)
@@ -117,7 +130,7 @@ def predict(rows: list[dict], tp: int, ratios: Sequence[float] = RATIOS,
             for bw in [None] + ([*what_if_busbw] if not p2p else []):
                 common = dict(kind="decode", impl="spd_ref", shape=shape, layers=L, hidden=d["hidden"], tp=tp, p2p=p2p,
                               batch=batch, ctx=d["ctx"], sync_bytes=nbytes, compiled=True, cuda_graph=True,
-                              gpu_count=tp, dtype="bfloat16", tag=f"prediction-tp{tp}", prediction=True,
+                              gpu_count=tp, dtype="bfloat16", tag=f"prediction-tp{tp}", prediction=True, allreduce=kind,
                               what_if_busbw_gbps=bw, floor_ms=floor)
                 fbasis = (f"floor a + b/N = {ff.a_ms:.3f} + {ff.b_ms:.3f}/N ms from measured floors at TP "
                           f"{','.join(map(str, ff.tps))} ({tags}; pre-fusion rows - {delta * 1e3:.1f} us x {L} blocks"
@@ -125,8 +138,8 @@ def predict(rows: list[dict], tp: int, ratios: Sequence[float] = RATIOS,
                              else "") + ")")
                 out.append(_row(**common, spd_ratio=None, no_comm=True, sync_points_per_token=0, ms_median=floor,
                                 comm_model=None, basis=fbasis))
-                for name, make in comm_models(rows, p2p).items():
-                    kappa, ks = in_model_kappa(rows, p2p, make)
+                for name, make in comm_models(rows, p2p, kind=kind).items():
+                    kappa, ks = in_model_kappa(rows, p2p, make, kind)
                     ab = make(tp) if bw is None else make(tp).with_busbw(bw)
                     per_sync = kappa * ab.time_ms(nbytes)
                     basis = (f"{fbasis}; all-reduce {name} fit to microbenchmarks p2p {'on' if p2p else 'off'} at TP "
@@ -187,43 +200,54 @@ def summarize_validation(lines: list[dict]) -> list[dict]:
     return out
 
 
+def primary_model(preds: list[dict]) -> str:
+    """PRIMARY where the rows have it (it needs two measured TP degrees), else the first model they have."""
+    present = {p["comm_model"] for p in preds if p["comm_model"]}
+    return next((m for m in COMM_MODELS + (ONESHOT_MODEL,) if m in present), PRIMARY)
+
+
 def summary(preds: list[dict], ratio: float = 0.7) -> list[dict]:
     """Per shape, batch, P2P and what-if: the primary model's floor, per-sync cost, baseline, SPD at
     `ratio` and its saving, the saving's band over the comm models, and the primary saving at 100%."""
     by = {(p["shape"], p["batch"], p["p2p"], p["what_if_busbw_gbps"], p["spd_ratio"], p["comm_model"]): p
           for p in preds if p["comm_model"]}
-    out = []
+    primary, out = primary_model(preds), []
     for (shape, batch, p2p, bw, r, model), p in by.items():
-        if r != ratio or model != PRIMARY:
+        if r != ratio or model != primary:
             continue
         k, band = (shape, batch, p2p, bw), sorted(q["saving"] for q in preds if q["comm_model"] and (
             q["shape"], q["batch"], q["p2p"], q["what_if_busbw_gbps"], q["spd_ratio"]) == (shape, batch, p2p, bw, r))
-        full = by.get(k + (1.0, PRIMARY))
+        full = by.get(k + (1.0, primary))
         out.append(dict(shape=shape, tp=p["tp"], batch=batch, p2p=p2p, bw=bw, floor=p["floor_ms"],
-                        per_sync_us=p["per_sync_ms"] * 1e3, base=by[k + (0.0, PRIMARY)]["ms_median"], spd=p["ms_median"],
+                        per_sync_us=p["per_sync_ms"] * 1e3, base=by[k + (0.0, primary)]["ms_median"], spd=p["ms_median"],
                         saving=p["saving"], band=f"{band[0]:.1%} .. {band[-1]:.1%}",
                         saving100=full["saving"] if full else None))
     return out
 
 
 def cli(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spd_ref predict", description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", nargs="+", required=True, help="measured JSONL files (globs allowed)")
-    p.add_argument("--tp", type=int, default=8)
-    p.add_argument("--ratios", default=",".join(map(str, RATIOS)))
-    p.add_argument("--what-if-busbw", default="10", help="bus GB/s what-ifs for P2P off, comma separated ('' = none)")
-    p.add_argument("--out", help="write the predicted rows (JSONL, overwritten)")
-    p.add_argument("--figure", help="write the PREDICTION figure (PNG)")
+    p = CommandParser(prog="python -m spd_ref predict", description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", type=existing_glob, nargs="+", required=True,
+                   help="measured JSONL files (globs allowed)")
+    p.add_argument("--tp", type=number(int, 1), default=8)
+    p.add_argument("--ratios", type=listed(number(float, 0, 1)), default=",".join(map(str, RATIOS)))
+    p.add_argument("--what-if-busbw", type=listed(number(float, 0.001), empty=True), default="10",
+                   help="bus GB/s what-ifs for P2P off, comma separated ('' = none)")
+    p.add_argument("--allreduce", choices=("nccl", "oneshot"), default="nccl", help="the sync points' all-reduce")
+    p.add_argument("--ctx", type=number(int, 1), default=512,
+                   help="predict from the decode rows with this many cached tokens")
+    p.add_argument("--out", type=output_file, help="write the predicted rows (JSONL, overwritten)")
+    p.add_argument("--figure", type=output_file, help="write the PREDICTION figure (PNG)")
     p.add_argument("--validate", action="store_true", help="also predict TP 4 from TP 1/2 and compare")
     args = p.parse_args(argv)
     rows = [r for r in C.load_rows(args.results) if not r.get("prediction")]  # never predict from predictions
-    preds = predict(rows, args.tp, [float(x) for x in args.ratios.split(",")],
-                    [float(x) for x in args.what_if_busbw.split(",") if x.strip()])
+    preds = predict(rows, args.tp, args.ratios, args.what_if_busbw, args.allreduce, args.ctx)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in preds))
         print(f"wrote {len(preds)} predicted rows to {args.out}")
-    print(f"PREDICTION, TP {args.tp}, model {PRIMARY}; band: over {', '.join(COMM_MODELS)}:\n")
+    print(f"PREDICTION, TP {args.tp}, {args.allreduce}, model {primary_model(preds)}; band: over the models "
+          f"{', '.join(sorted({p['comm_model'] for p in preds if p['comm_model']}))}:\n")
     print(markdown(summary(preds), [("shape", "shape", ""), ("batch", "batch", ""), ("p2p", "P2P", ""),
                                     ("bw", "what-if GB/s", ""), ("floor", "floor ms", ".2f"),
                                     ("per_sync_us", "per sync us", ".1f"), ("base", "baseline ms", ".2f"),
@@ -239,8 +263,9 @@ def cli(argv: Optional[list[str]] = None) -> int:
     if args.figure:
         from spd_ref.latency.plots import plot_decode_grid
 
-        made = plot_decode_grid(preds, args.figure, f"PREDICTION (not measured): decode at TP {args.tp} on H100s, from "
-                                f"4 x H100 measurements; line: {PRIMARY}, band: flat..ring", primary=PRIMARY)
+        made = plot_decode_grid(preds, args.figure, f"PREDICTION (not measured): decode at TP {args.tp}, {args.allreduce}, "
+                                f"from {', '.join(args.results)}; line: {primary_model(preds)}, band: the other models",
+                                primary=primary_model(preds))
         print(f"wrote {made}")
     return 0
 

@@ -15,14 +15,15 @@ per-block saving on settings measured both before and after (no-comm floors and 
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 from collections import defaultdict
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from spd_ref.latency.commcost import decode_groups, fit_rows, load_rows, prediction_table, saving_table
+from spd_ref.__main__ import CommandParser, existing_glob, output_file
+from spd_ref.latency.commcost import (allreduce_kind, decode_groups, fit_rows, load_rows, prediction_table,
+                                     saving_table)
 
 PRE_FUSION_TAGS = ("sweep-a",)
 FUSION_COMMIT = "b2b1748"
@@ -34,8 +35,10 @@ def code_version(row: dict) -> str:
 
 
 def _setting(r: dict) -> tuple:
+    # A floor has no all-reduce kind: it is its own setting beside each kind's rows.
+    kind = "floor" if r.get("no_comm") else allreduce_kind(r)
     return (r["kind"], r.get("impl") or "spd_ref", r.get("shape"), r.get("layers"), r["tp"], r["p2p"],
-            r.get("batch"), r.get("ctx"), r.get("prompt_len"), r.get("compiled"))
+            r.get("batch"), r.get("ctx"), r.get("prompt_len"), r.get("compiled"), kind)
 
 
 EXPERIMENT_TAGS = ("tune-", "attn", "head")  # experiments (gpu_sweep.sh tune, head; attn): reported apart
@@ -86,17 +89,23 @@ def fusion_delta(rows: Iterable[dict], tps: Optional[Sequence[int]] = None) -> t
     return statistics.mean(p["per_layer_ms"] for p in pairs), pairs
 
 
+def _call(r: dict) -> str:
+    """The sweep phase a row came from: its tag, without the "sweep-" that peer steps put before it."""
+    return (r.get("tag") or "").removeprefix("sweep-")
+
+
 def peer_ratios(rows: Iterable[dict]) -> list[dict]:
-    """transformers tp_plan decode ms over ours (baseline, ratio 0) measured in the same call (tag)."""
+    """transformers tp_plan decode ms over ours (NCCL baseline, ratio 0) measured in the same call."""
     rows = list(rows)
-    ours = {(r.get("tag"), r["shape"], r["tp"], r["p2p"], r["batch"]): r["ms_median"] for r in rows
+    ours = {(_call(r), r["shape"], r["tp"], r["p2p"], r["batch"]): r["ms_median"] for r in rows
             if r.get("kind") == "decode" and (r.get("impl") or "spd_ref") == "spd_ref"
-            and r.get("spd_ratio") == 0 and not r.get("no_comm")}
+            and r.get("spd_ratio") == 0 and not r.get("no_comm") and allreduce_kind(r) == "nccl"
+            and r.get("ctx") == 512}
     out = []
     for r in rows:
         if r.get("kind") != "decode" or (r.get("impl") or "spd_ref") == "spd_ref":
             continue
-        mine = ours.get((r.get("tag"), r["shape"], r["tp"], r["p2p"], r["batch"]))
+        mine = ours.get((_call(r), r["shape"], r["tp"], r["p2p"], r["batch"]))
         if mine:
             out.append(dict(shape=r["shape"], tp=r["tp"], p2p=r["p2p"], batch=r["batch"], compiled=r["compiled"],
                             peer_ms=r["ms_median"], ours_ms=mine, ratio=r["ms_median"] / mine, tag=r.get("tag")))
@@ -107,28 +116,31 @@ def measured_table(rows: list[dict]) -> list[dict]:
     """One line per current spd_ref decode setting: ms at each ratio, floor, saving and efficiencies
     at 100% SPD, the compiled peer's ratio where measured (same call)."""
     cur = current_rows(rows)
-    eff = {(t["shape"], t["tp"], t["p2p"], t["batch"], t["spd_ratio"]): t for t in saving_table(cur)
-           if t["impl"] == "spd_ref"}
+    eff = {(t["shape"], t["tp"], t["p2p"], t["batch"], t["ctx"], t["allreduce"], t["spd_ratio"]): t
+           for t in saving_table(cur) if t["impl"] == "spd_ref"}
     peers = {(p["shape"], p["tp"], p["p2p"], p["batch"]): p for p in peer_ratios(rows) if p["compiled"]}
     out = []
     for key, g in decode_groups(cur).items():
-        impl, shape, tp, p2p, batch = key[:5]
+        impl, shape, tp, p2p, batch, ctx = key[:6]
+        kind = key[-1]
         if impl != "spd_ref" or g["base"] is None:
             continue
         floor = floor_of(g)
-        line = dict(shape=shape, tp=tp, p2p=p2p if tp > 1 else None, batch=batch, code=code_version(g["base"]),
+        line = dict(shape=shape, tp=tp, p2p=p2p if tp > 1 else None, batch=batch, ctx=ctx,
+                    allreduce=kind if tp > 1 else None, code=code_version(g["base"]),
                     floor=floor["ms_median"] if floor else None)
         ms = {0.0: g["base"]["ms_median"], **{k: v["ms_median"] for k, v in g["spd"].items()}}
         line.update({f"r{int(r * 100)}": ms.get(r) for r in TABLE_RATIOS})
-        full = eff.get((shape, tp, p2p, batch, 1.0))
+        full = eff.get((shape, tp, p2p, batch, ctx, kind, 1.0))
         if full and tp > 1:
             line.update(saving100=full["saving"], comm_share=full["comm_share"], eff_ar=full["eff_ar"],
-                        eff_floor=full["eff_floor"])
-        peer = peers.get((shape, tp, p2p, batch))
+                        eff_floor=full["eff_floor"], consistent={True: "yes", False: "NO"}.get(full["consistent"]))
+        peer = peers.get((shape, tp, p2p, batch)) if kind == "nccl" else None
         line["peer_ratio"] = peer["ratio"] if peer else None
         out.append(line)
     order = {"llama2-7b": 0, "llama2-13b": 1, "llama2-70b": 2}
-    return sorted(out, key=lambda d: (order.get(d["shape"], 9), d["shape"], d["tp"], not d["p2p"], d["batch"]))
+    return sorted(out, key=lambda d: (order.get(d["shape"], 9), d["shape"], d["tp"], not d["p2p"], d["batch"],
+                                      d["ctx"] or 0, d["allreduce"] or ""))
 
 
 def cost_model_errors(rows: list[dict]) -> list[dict]:
@@ -158,14 +170,14 @@ def markdown(dicts: list[dict], columns: Sequence[tuple[str, str, str]]) -> str:
 
 
 TABLE_COLUMNS = [("shape", "shape", ""), ("tp", "TP", ""), ("p2p", "P2P", ""), ("batch", "batch", ""),
-                 ("code", "code", "")] + [(f"r{int(r * 100)}", f"{int(r * 100)}%", ".3f") for r in TABLE_RATIOS] + \
+                 ("ctx", "cache", ""), ("allreduce", "all-reduce", ""), ("code", "code", "")] + [(f"r{int(r * 100)}", f"{int(r * 100)}%", ".3f") for r in TABLE_RATIOS] + \
                 [("floor", "no-comm floor", ".3f"), ("saving100", "saving at 100%", ".1%"),
                  ("comm_share", "comm share", ".0%"), ("eff_ar", "eff_ar", ".2f"), ("eff_floor", "eff_floor", ".2f"),
-                 ("peer_ratio", "peer / ours", ".2f")]
+                 ("consistent", "consistent", ""), ("peer_ratio", "peer / ours", ".2f")]
 
 
 def report(rows: list[dict]) -> str:
-    parts = ["decode ms/token (median), ctx 512, compiled + CUDA graph; columns 0%..100% = SPD ratio:", "",
+    parts = ["decode ms/token (median), compiled + CUDA graph; columns 0%..100% = SPD ratio:", "",
              markdown(measured_table(rows), TABLE_COLUMNS), "",
              "peer (transformers tp_plan='auto') vs ours, baseline, same call:", "",
              markdown(peer_ratios(rows), [("shape", "shape", ""), ("tp", "TP", ""), ("p2p", "P2P", ""),
@@ -177,16 +189,19 @@ def report(rows: list[dict]) -> str:
                                                 ("median_abs", "median abs rel err", ".1%"),
                                                 ("max_abs", "max abs rel err", ".1%"),
                                                 ("mean", "mean signed err", "+.1%")])]
-    delta, pairs = fusion_delta(rows)
+    try:
+        delta, pairs = fusion_delta(rows)
+    except ValueError:  # rows from one code version: no fusion saving to report
+        return "\n".join(parts)
     parts += ["", f"fusion ({FUSION_COMMIT}) saving per block: {delta * 1e3:.1f} us (mean of {len(pairs)} pairs, "
               f"{min(p['per_layer_ms'] for p in pairs) * 1e3:.1f}..{max(p['per_layer_ms'] for p in pairs) * 1e3:.1f})"]
     return "\n".join(parts)
 
 
 def cli(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spd_ref report", description=__doc__.split("\n\n")[0])
-    p.add_argument("results", nargs="+", help="JSONL files (globs allowed)")
-    p.add_argument("--figure", help="also write decode ms vs SPD ratio of the current rows (PNG)")
+    p = CommandParser(prog="python -m spd_ref report", description=__doc__.split("\n\n")[0])
+    p.add_argument("results", type=existing_glob, nargs="+", help="JSONL files (globs allowed)")
+    p.add_argument("--figure", type=output_file, help="also write decode ms vs SPD ratio of the current rows (PNG)")
     args = p.parse_args(argv)
     rows = load_rows(args.results)
     print(report(rows))

@@ -32,7 +32,7 @@ ROW_FIELDS = ("kind", "impl", "shape", "layers", "hidden", "tp", "p2p", "batch",
               "spd_ratio", "no_comm", "spd_blocks", "sync_points_per_token", "sync_bytes", "bytes",
               "compiled", "cuda_graph", "ms_median", "ms_p90", "repeats", "busbw_gbps", "ranks_agree",
               "compile_s", "compile_mode", "lm_head", "shard_proxy", "gpu", "gpu_count", "torch", "nccl",
-              "cuda", "date", "dtype", "tag")
+              "cuda", "date", "dtype", "tag", "allreduce", "consistent", "consistency")
 
 
 def make_row(meta: dict, **fields) -> dict:
@@ -66,10 +66,12 @@ class RowWriter:
 
 def _row_line(r: dict) -> str:
     if r["kind"] == "allreduce":
-        return f"allreduce tp={r['tp']} p2p={r['p2p']} {r['bytes']:>9d} B  {r['ms_median'] * 1e3:8.1f} us"
-    what = "floor" if r["no_comm"] else f"spd={r['spd_ratio']:.2f}"
+        return (f"allreduce {r['allreduce'] or 'nccl'} tp={r['tp']} p2p={r['p2p']} {r['bytes']:>9d} B  "
+                f"{r['ms_median'] * 1e3:8.1f} us")
+    what = "floor" if r["no_comm"] else f"spd={r['spd_ratio']:.2f}" + (f" {r['allreduce']}" if r["allreduce"] else "")
     size = f"prompt={r['prompt_len']}" if r["kind"] == "prefill" else f"ctx={r['ctx']}"
     return (f"{r['kind']:<7} {r['shape']} tp={r['tp']} p2p={r['p2p']} b={r['batch']} {size} {what:<9} "
-            f"syncs={r['sync_points_per_token']:<3} {r['ms_median']:.3f} ms (p90 {r['ms_p90']:.3f})")
+            f"syncs={r['sync_points_per_token']:<3} {r['ms_median']:.3f} ms (p90 {r['ms_p90']:.3f})"
+            + ("  INCONSISTENT: " + r["consistency"] if r["consistent"] is False else ""))
 
 

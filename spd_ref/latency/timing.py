@@ -113,10 +113,14 @@ def finish_process(code: int) -> None:
 
 
 def run_then_exit(body: Callable[[], object]) -> int:
-    """Run a benchmark's body, print any exception, and end the process (finish_process): 0 or 1."""
+    """Run a benchmark's body and end the process (finish_process): 0; 2 after bad input (ValueError,
+    FileNotFoundError: one `error:` line); 1 after anything else (with its traceback)."""
     code = 0
     try:
         body()
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = 2
     except Exception:
         traceback.print_exc()
         code = 1

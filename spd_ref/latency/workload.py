@@ -61,12 +61,12 @@ def blocks_for_ratio(ratio: float, num_blocks: int, plan_dir: Optional[str] = No
 
 
 def parse_list(text: str, kind: Callable = float) -> list:
-    """'1,16' -> [1, 16]; sizes accept K/M suffixes ('16K' = 16384); '' or 'none' -> []."""
+    """'1,16' -> [1, 16]; numbers accept K/M/G suffixes ('16K' = 16384); '' or 'none' -> []."""
     if text.strip().lower() in ("", "none"):
         return []
     out = []
     for item in text.split(","):
         item = item.strip()
-        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(item[-1:].upper(), 1)
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(item[-1:].upper(), 1) if kind in (int, float) else 1
         out.append(kind(item[:-1]) * mult if mult > 1 else kind(item))
     return out

@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from spd_ref.latency.commcost import BF16_BYTES, AlphaBeta, fit_rows, load_rows, predict_decode, print_table, saving_table
+from spd_ref.latency.commcost import (BF16_BYTES, AlphaBeta, allreduce_kind, fit_rows, load_rows, predict_decode,
+                                     print_table, saving_table)
 from spd_ref.launch import launch
 from spd_ref.notebooks.figures import as_image, new_figure
 
@@ -26,7 +27,7 @@ def live_allreduce(nproc: int = 2, sizes: str = "1K,4K,16K,64K,256K,1M,4M", time
     with tempfile.TemporaryDirectory() as tmp:  # live rows are this machine's: they stay out of results/
         out = Path(tmp) / "live.jsonl"
         # 20 replays per size and 30 decode steps over 64 cached tokens: about 20 s on 2 cores.
-        done = launch(nproc, ["bench", "--allreduce", "--ar-sizes", sizes, "--ar-repeats", "20", "--warmup", "3",
+        done = launch(nproc, ["bench", "--ar-bench", "--ar-sizes", sizes, "--ar-repeats", "20", "--warmup", "3",
                               "--shape", "tiny", "--batch", "1", "--prompt-lens", "none", "--ctx", "64",
                               "--spd-ratios", "0,1", "--no-comm", "--repeats", "30", "--out", str(out)],
                       timeout_s=timeout_s, cpu=True)
@@ -52,10 +53,11 @@ def load_recorded(results_dir: Path = REFERENCE.parent / "h100") -> tuple[list[d
 
 
 def print_fits(rows: list[dict]) -> None:
-    """The alpha-beta fit of each (TP, P2P) all-reduce microbenchmark in `rows`, one line each."""
-    for (tp, p2p), fit in fit_rows(rows).items():
-        print(f"TP {tp}, P2P {'on' if p2p else 'off'}: alpha = {fit.alpha_ms * 1e3:.1f} us, "
-              f"bus bandwidth = {fit.busbw_gbps:.2f} GB/s ({fit.points} message sizes)")
+    """The alpha-beta fit of each (TP, P2P, all-reduce kind) microbenchmark in `rows`, one line each."""
+    for kind in sorted({allreduce_kind(r) for r in rows if r.get("kind") == "allreduce"}):
+        for (tp, p2p), fit in fit_rows(rows, kind).items():
+            print(f"TP {tp}, P2P {'on' if p2p else 'off'}, {kind}: alpha = {fit.alpha_ms * 1e3:.1f} us, "
+                  f"bus bandwidth = {fit.busbw_gbps:.2f} GB/s ({fit.points} message sizes)")
 
 
 def _ours(r: dict) -> bool:
@@ -68,7 +70,7 @@ def ceiling_table(rows: list[dict]) -> list[dict]:
     rows the ceiling: removing k of S syncs saves at most comm_share x k / S (half of it at k = L)."""
     out, base_syncs = [], {}
     for r in saving_table(rows):
-        key = (r["impl"], r["shape"], r["tp"], r["p2p"], r["batch"], r["ctx"], r["compiled"])
+        key = (r["impl"], r["shape"], r["tp"], r["p2p"], r["batch"], r["ctx"], r["compiled"], r["allreduce"])
         if r["spd_ratio"] == 0:
             base_syncs[key] = r["syncs"]
             if r["floor_ms"] is not None and r["syncs"]:
@@ -79,12 +81,14 @@ def ceiling_table(rows: list[dict]) -> list[dict]:
     return out
 
 
-def in_model_sync_us(table: list[dict], shape: str, tp: int, p2p: bool = True, batch: int = 1) -> float:
+def in_model_sync_us(table: list[dict], shape: str, tp: int, p2p: bool = True, batch: int = 1,
+                     kind: str = "nccl") -> float:
     """The measured cost of one sync inside the decode step of one setting (from ceiling_table)."""
     for r in table:
-        if (r["shape"], r["tp"], r["p2p"], r["batch"]) == (shape, tp, p2p, batch) and "per_sync_us" in r:
+        if (r["shape"], r["tp"], r["p2p"], r["batch"], r["allreduce"]) == (shape, tp, p2p, batch, kind) \
+                and "per_sync_us" in r:
             return r["per_sync_us"]
-    raise ValueError(f"no baseline and no-comm decode rows for {shape} tp={tp} p2p={p2p} batch={batch}")
+    raise ValueError(f"no baseline and no-comm decode rows for {shape} tp={tp} p2p={p2p} batch={batch} {kind}")
 
 
 # ---- the decode cost model -----------------------------------------------------------------------

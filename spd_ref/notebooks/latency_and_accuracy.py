@@ -24,10 +24,11 @@ RESULTS = Path(__file__).resolve().parents[2] / "results"
 
 
 def recorded_rows(folder: Path = RESULTS / "h100") -> list[dict]:
-    """Every measured row of results/h100/*.jsonl (never predictions)."""
+    """Every measured bench row of folder/*.jsonl (never predictions, nor the minimal loop's own rows)."""
     from spd_ref.latency.commcost import load_rows
 
-    return [r for r in load_rows(str(p) for p in sorted(Path(folder).glob("*.jsonl"))) if not r.get("prediction")]
+    return [r for r in load_rows(str(p) for p in sorted(Path(folder).glob("*.jsonl")))
+            if not r.get("prediction") and r.get("kind") in ("decode", "prefill", "allreduce")]
 
 
 def live_gpu_bench(nproc: int, timeout_s: float = 900) -> list[dict]:
