@@ -75,3 +75,12 @@ def test_hg_before_b2b_never_raises_the_heldout_error():
                                            progress=False)
             assert block_mse(layer, x[6:], y[6:], cache.kwargs) <= before * (1 + 1e-6)
             assert hg["kept"] or hg["mse_after_hg"] == pytest.approx(hg["mse_zero_shot"])
+
+
+def test_calibrate_records_the_scan_noise_and_takes_one_window():
+    model = random_model(tiny_config(heads=4, kv_heads=2))
+    plan = calibrate(model, None, 2, 0.34, tokens=_tokens(4), b2b=False, hg=False, progress=False)
+    noise = plan.settings["scan_noise"]
+    assert len(noise["low"]) == 3 and all(lo <= hi for lo, hi in zip(noise["low"], noise["high"]))
+    single = calibrate(model, None, 2, 0.34, tokens=_tokens(1), b2b=False, hg=False, progress=False)
+    assert single.settings["scan_noise"] is None  # one window cannot be resampled

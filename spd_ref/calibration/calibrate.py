@@ -77,7 +77,8 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
         cache = capture_block_inputs(model, tokens, batch_size, progress, dtype=cache_dtype, offload=offload)
         keep = checkpoint or Checkpoint(None)
         scan = keep.scan(lambda: sensitivity_scan(model, cache, progress=progress))
-        noise = scan_intervals(scan)  # [ours] bootstrap over windows: which scores the data can resolve
+        # [ours] bootstrap over windows: which scores the data can resolve (one window: no interval)
+        noise = scan_intervals(scan) if tokens.shape[0] > 1 else None
         classes = classify(scan, tau1, tau2)
         chosen = choose_blocks(scan.scores, ratio)
         layers = decoder_layers(model)
@@ -105,8 +106,8 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
                 "b2b_inputs": "sequential" if sequential else "tp",
                 "cache_dtype": str(cache_dtype or "model").removeprefix("torch."),
                 "scan_text": "calibration", "suffix_ppl": scan.suffix_ppl,
-                "scan_noise": {"level": LEVEL, "draws": DRAWS, "low": noise.low, "high": noise.high,
-                               "median_half_width": noise.median_half_width()}}
+                "scan_noise": noise and {"level": LEVEL, "draws": DRAWS, "low": noise.low, "high": noise.high,
+                                         "median_half_width": noise.median_half_width()}}
     model_id = model_id or portable_name(getattr(model.config, "_name_or_path", "") or "unknown")
     return Plan(model_id, tp_degree, len(layers),
                 config_signature(model.config), weight_fingerprint(model), scan.base_ppl, chosen,
@@ -198,8 +199,9 @@ def cli(argv: list[str]) -> int:
         print("\n" + checkpoint.summary())
     print(f"\nTP={plan.tp_degree}, ratio={args.ratio}: SPD on {len(plan.spd_blocks)}/{plan.num_blocks} blocks "
           f"{plan.spd_blocks}; calibration PPL (TP) {plan.base_ppl:.3f}")
-    print(f"scan noise: the median 95% interval of s_l / PPL is +-{plan.settings['scan_noise']['median_half_width']:.2%} "
-          f"(tau1 {args.tau1:.2%}); more --samples narrow it")
+    if plan.settings["scan_noise"]:
+        print(f"scan noise: the median 95% interval of s_l / PPL is "
+              f"+-{plan.settings['scan_noise']['median_half_width']:.2%} (tau1 {args.tau1:.2%}); more --samples narrow it")
     if args.eval_windows > 0:
         held = heldout_tokens(tokenizer, args.seq_len, args.eval_windows)
         apply_tp(model, plan.tp_degree)
