@@ -5,17 +5,24 @@
 3. print what was dropped, the sync points per token before and after, accuracy and perplexity
    before and after, and what dropping that share of sync points saved on the recorded 4 x H100 runs;
 4. save a figure (per-block sensitivity with the chosen blocks; accuracy per task before and after).
+
+Every accuracy difference is paired (the same items before and after) and printed with its 95%
+bootstrap interval (spd_ref.evaluation.statistics).
 """
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from spd_ref.__main__ import CommandParser, check_model_args, number, output_folder
+from spd_ref.models import MODEL_HELP
+
+if TYPE_CHECKING:
+    from spd_ref.evaluation.statistics import Drop
 
 RECORDED = Path(__file__).resolve().parents[1] / "results" / "h100" / "sweep_c.jsonl"
 
@@ -37,32 +44,45 @@ def recorded_saving(ratio: float, path: Path = RECORDED, shape: str = "llama2-7b
             "gpu": by_ratio[near]["gpu"], "date": by_ratio[near]["date"]}
 
 
-def summary_rows(before: list[dict], after: list[dict]) -> list[tuple[str, float, float]]:
-    """(label, before, after) for each task's accuracy, their average, and held-out word perplexity."""
+def summary_rows(before: list[dict], after: list[dict]) -> list[tuple[str, float, float, Optional[Drop]]]:
+    """(label, before, after, paired drop with its 95% interval) for each task's accuracy, their average,
+    and held-out word perplexity (no interval: one number over the text)."""
+    from spd_ref.evaluation.statistics import item_scores, paired_drop
+
     def pick(rows: list[dict], metric: str) -> dict[str, float]:
         return {r["task"]: r["value"] for r in rows if r["metric"] == metric}
 
     acc_b, acc_a = pick(before, "acc"), pick(after, "acc")
-    out = [(f"acc {task}", acc_b[task], acc_a[task]) for task in sorted(acc_b)]
-    out.append(("acc average", sum(acc_b.values()) / len(acc_b), sum(acc_a.values()) / len(acc_a)))
+    items_b, items_a = item_scores(before), item_scores(after)
+    drop = {task: paired_drop({task: items_b[task]}, {task: items_a[task]}) for task in items_b}
+    out = [(f"acc {task}", acc_b[task], acc_a[task], drop.get(task)) for task in sorted(acc_b)]
+    out.append(("acc average", sum(acc_b.values()) / len(acc_b), sum(acc_a.values()) / len(acc_a),
+                paired_drop(items_b, items_a) if items_b else None))
     ppl_b, ppl_a = pick(before, "word_perplexity"), pick(after, "word_perplexity")
-    out += [(f"word ppl {task}", ppl_b[task], ppl_a[task]) for task in sorted(ppl_b)]
+    out += [(f"word ppl {task}", ppl_b[task], ppl_a[task], None) for task in sorted(ppl_b)]
     return out
 
 
-def save_figure(plan, table: list[tuple[str, float, float]], path: Path) -> Path:
+def save_figure(plan, table: list[tuple], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
     blocks = [r.block for r in plan.blocks]
     colors = ["tab:green" if r.chosen else "tab:gray" for r in plan.blocks]
     left.bar(blocks, [100 * r.relative for r in plan.blocks], color=colors)
-    left.set(xlabel="block", ylabel="sensitivity s_l (% of base perplexity)",
+    # symlog: a few blocks add over 1000% and most under 1%; a linear axis shows only the first, a log
+    # axis cannot show the slightly negative (noise) scores. Linear within +-1%, logarithmic beyond.
+    left.set_yscale("symlog", linthresh=1.0)
+    left.set(xlabel="block", ylabel="sensitivity s_l (% of base perplexity, symlog)",
              title=f"Back-to-front scan at TP {plan.tp_degree} (green: SPD)")
+    left.grid(axis="y", alpha=0.3)
     accs = [t for t in table if t[0].startswith("acc")]
     x = range(len(accs))
     right.bar([i - 0.2 for i in x], [t[1] for t in accs], width=0.4, label="original (TP)")
-    right.bar([i + 0.2 for i in x], [t[2] for t in accs], width=0.4, label=f"SPD on {len(plan.spd_blocks)} blocks")
+    # the paired interval of the drop, as error bars on the SPD accuracy (after = before - drop)
+    err = [(t[3].high - t[3].drop, t[3].drop - t[3].low) if t[3] else (0.0, 0.0) for t in accs]
+    right.bar([i + 0.2 for i in x], [t[2] for t in accs], width=0.4, yerr=list(zip(*err)), capsize=3,
+              label=f"SPD on {len(plan.spd_blocks)} blocks (bars: paired 95% CI)")
     right.set_xticks(list(x), [t[0].removeprefix("acc ") for t in accs], rotation=20)
     right.set(ylabel="accuracy", title="Offline suite (lm-eval)")
     right.legend()
@@ -76,10 +96,12 @@ def save_figure(plan, table: list[tuple[str, float, float]], path: Path) -> Path
 def cli(argv: list[str]) -> int:
     p = CommandParser(prog="python -m spd_ref demo", description=__doc__.split("\n\n")[0],
                       checks=[lambda args: check_model_args(args.model, [args.tp])])
-    p.add_argument("--model", default="smollm2")
+    p.add_argument("--model", default="smollm2", help=MODEL_HELP)
     p.add_argument("--tp", type=number(int, 1), default=4)
     p.add_argument("--ratio", type=number(float, 0, 1), default=0.5, help="fraction of blocks with SPD [ours: 0.5]")
-    p.add_argument("--limit", type=number(int, 1), default=100, help="items per task [ours: CPU-sized]")
+    p.add_argument("--limit", type=number(int, 1), default=100,
+                   help="items per task [ours: 100, 400 accuracy items, to stay within 10 minutes on a CPU; "
+                        "the study (sweep) scores all 1250]")
     p.add_argument("--epochs", type=number(int, 1), default=2,
                    help="B2B epochs [ours for the demo: 2, to stay within minutes on a CPU; the paper: 10]")
     p.add_argument("--eval-dtype", default="bfloat16", choices=["bfloat16", "float32"],
@@ -89,6 +111,7 @@ def cli(argv: list[str]) -> int:
     from spd_ref.calibration.calibrate import calibrate
     from spd_ref.calibration.resume import FOLDER, Checkpoint
     from spd_ref.evaluation.evaluate import evaluate_model
+    from spd_ref.evaluation.statistics import format_drop
     from spd_ref.models import load_model, portable_name
     from spd_ref.plan import apply_plan, save_plan
 
@@ -112,13 +135,15 @@ def cli(argv: list[str]) -> int:
     after = evaluate_model(scorer, tokenizer, "offline", limit=args.limit)
     table = summary_rows(before, after)
     num = plan.num_blocks
-    print(f"\nSmolLM2-135M at TP {args.tp}: SPD on {len(plan.spd_blocks)} of {num} blocks {plan.spd_blocks}")
+    print(f"\n{args.model} at TP {args.tp}: SPD on {len(plan.spd_blocks)} of {num} blocks {plan.spd_blocks}")
     strategies = {r.strategy for r in plan.blocks if r.chosen}
     print(f"recovery used: {', '.join(sorted(strategies))}; sync points per token: "
           f"{2 * num} -> {2 * num - len(plan.spd_blocks)}")
-    print(f"{'':<26}{'before':>10}{'after':>10}")
-    for label, b, a in table:
-        print(f"{label:<26}{b:>10.3f}{a:>10.3f}")
+    print(f"{'':<26}{'before':>10}{'after':>10}   accuracy drop, points [paired 95% CI]")
+    for label, b, a, drop in table:
+        print(f"{label:<26}{b:>10.3f}{a:>10.3f}   {format_drop(drop) if drop else ''}")
+    items = table[-2][3].n_items if table[-2][3] else 0
+    print(f"({items} items, scored before and after; an interval that includes 0 is no measurable drop)")
     worth = recorded_saving(len(plan.spd_blocks) / num)
     if worth:
         print(f"\nOn the recorded runs ({worth['gpu']} x{worth['tp']}, NVLink, {worth['date'][:10]}), SPD on "

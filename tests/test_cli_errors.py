@@ -9,8 +9,11 @@ import time
 import pytest
 
 from conftest import ROOT
-from spd_ref.models import (GGUF_NAME, SMOLLM2_CONFIG, cache_dir, check_gguf, check_safetensors_folder, model_config,
-                            portable_name)
+from spd_ref.models import OFFLINE_MODELS, cache_dir, model_config, portable_name
+from spd_ref.shards import check_gguf, check_safetensors_folder
+
+GGUF_NAME = OFFLINE_MODELS["smollm2"].gguf_name
+SMOLLM2_CONFIG = OFFLINE_MODELS["smollm2"].config
 
 GGUF_SIZE = 98_362_432  # SmolLM2-135M-Instruct.Q4_1.gguf
 SECONDS = 30  # per command, importing torch on a loaded 2-core machine included (measured: 2-10 s)

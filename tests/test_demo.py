@@ -16,11 +16,17 @@ def test_recorded_saving_reads_the_committed_h100_sweep():
     assert recorded_saving(0.5, RECORDED.with_name("missing.jsonl")) is None
 
 
-def test_summary_rows_average_and_perplexity():
-    before = [{"task": "a", "metric": "acc", "value": 0.8}, {"task": "b", "metric": "acc", "value": 0.6},
+def test_summary_rows_average_perplexity_and_paired_intervals():
+    before = [{"task": "a", "metric": "acc", "value": 0.8, "items": [1] * 8 + [0] * 2},
+              {"task": "b", "metric": "acc", "value": 0.6, "items": [1] * 6 + [0] * 4},
               {"task": "w", "metric": "word_perplexity", "value": 100.0}]
-    after = [{"task": "a", "metric": "acc", "value": 0.7}, {"task": "b", "metric": "acc", "value": 0.6},
+    after = [{"task": "a", "metric": "acc", "value": 0.7, "items": [1] * 7 + [0] * 3},
+             {"task": "b", "metric": "acc", "value": 0.6, "items": [1] * 6 + [0] * 4},
              {"task": "w", "metric": "word_perplexity", "value": 110.0}]
-    table = {label: (b, a) for label, b, a in summary_rows(before, after)}
-    assert table["acc average"] == pytest.approx((0.7, 0.65))
-    assert table["word ppl w"] == (100.0, 110.0)
+    table = {label: rest for label, *rest in summary_rows(before, after)}
+    assert table["acc average"][:2] == pytest.approx((0.7, 0.65))
+    assert table["word ppl w"] == [100.0, 110.0, None]
+    a, b, avg = table["acc a"][2], table["acc b"][2], table["acc average"][2]
+    assert a.drop == pytest.approx(0.1) and 0.0 <= a.low <= a.drop <= a.high
+    assert (b.drop, b.low, b.high) == (0.0, 0.0, 0.0)  # the same answers: no drop, no doubt
+    assert avg.drop == pytest.approx(0.05) and avg.n_items == 20

@@ -92,6 +92,16 @@ def test_rows_from_lm_eval_results():
     assert ppl["n_items"] == 40 and ppl["stderr"] is None and ppl["higher_is_better"] is False
 
 
+def test_per_item_scores_in_item_order():
+    samples = [{"doc_id": 2, "acc": 1.0, "acc_norm": 0.0}, {"doc_id": 0, "acc": 0.0, "acc_norm": 1.0},
+               {"doc_id": 1, "acc": 1, "acc_norm": 1.0}, {"doc_id": 3, "acc": 1.0, "acc_norm": 1.0}]
+    rows = rows_from_results({**FAKE_LM_EVAL_OUTPUT, "samples": {"spd_analogy": samples}})
+    got = {(r["task"], r["metric"]): r.get("items") for r in rows}
+    assert got["spd_analogy", "acc"] == [0.0, 1.0, 1.0, 1.0]
+    assert got["spd_analogy", "acc_norm"] == [1.0, 1.0, 0.0, 1.0]
+    assert got["spd_wikippl", "word_perplexity"] is None
+
+
 def test_write_results_appends_json_lines(tmp_path):
     path = tmp_path / "sub" / "eval.jsonl"
     rows = rows_from_results(FAKE_LM_EVAL_OUTPUT)
@@ -126,6 +136,7 @@ def test_smollm2_beats_chance_on_every_offline_task(smollm2):
         row = got[task, "acc"]
         assert row["n_items"] == (60 if task != "spd_hellaswag" else 30)
         assert row["value"] >= floor > CHANCE[task] + 0.1, (task, row)
+        assert len(row["items"]) == row["n_items"] and sum(row["items"]) / row["n_items"] == pytest.approx(row["value"])
     ppl = got["spd_wikippl", "word_perplexity"]
     assert ppl["n_items"] == 30 and 1.0 < ppl["value"] < WORD_PERPLEXITY_CEILING, ppl
     assert got["spd_lambada", "perplexity"]["value"] < 20.0

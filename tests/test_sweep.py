@@ -1,13 +1,23 @@
-"""The sweep's bookkeeping (model-free): recovery per class, averages, the 1-point rule, the report."""
+"""The sweep's bookkeeping: recovery per class, averages, the 1-point rule on the paired interval, the
+report, and resuming from the store (a tiny random model; lm-eval replaced by a per-item scorer)."""
+import torch
+
+from conftest import random_model, tiny_config
 from spd_ref.calibration.sensitivity import BlockClass
-from spd_ref.evaluation.sweep import average_accuracy, largest_ratio_within, recovery, report
+from spd_ref.evaluation.store import ResultStore
+from spd_ref.evaluation.sweep import average_accuracy, largest_ratio_within, recovery, report, sweep_tp
 
 
-def rows_for(strategy, accs_by_ratio, ppl=100.0):
-    return [{"tp": 4, "strategy": strategy, "spd_ratio": r, "task": t, "metric": "acc", "value": v}
-            for r, accs in accs_by_ratio.items() for t, v in zip("ab", accs)] + \
-           [{"tp": 4, "strategy": strategy, "spd_ratio": r, "task": "w", "metric": "word_perplexity", "value": ppl}
-            for r in accs_by_ratio]
+def rows_for(strategy, accs_by_ratio, ci_by_ratio, ppl=100.0):
+    out = []
+    for r, accs in accs_by_ratio.items():
+        drop = sum(accs_by_ratio[0.0]) / 2 - sum(accs) / 2
+        low, high = ci_by_ratio[r]
+        out += [{"tp": 4, "strategy": strategy, "spd_ratio": r, "task": t, "metric": "acc", "value": v,
+                 "drop": drop, "drop_ci95": [low, high], "drop_n_items": 1000} for t, v in zip("ab", accs)]
+        out.append({"tp": 4, "strategy": strategy, "spd_ratio": r, "task": "w", "metric": "word_perplexity",
+                    "value": ppl})
+    return out
 
 
 def test_recovery_by_strategy_and_class():
@@ -16,9 +26,54 @@ def test_recovery_by_strategy_and_class():
     assert recovery("hg", BlockClass.EXTREME) == "hg+b2b" and recovery("hg", BlockClass.SENSITIVE) == "b2b"
 
 
-def test_largest_ratio_within_one_point():
-    rows = rows_for("zs", {0.0: (0.80, 0.60), 0.5: (0.79, 0.60), 1.0: (0.70, 0.50)})
+def test_largest_ratio_within_one_point_uses_the_interval():
+    accs = {0.0: (0.80, 0.60), 0.25: (0.80, 0.59), 0.5: (0.79, 0.60), 1.0: (0.70, 0.50)}
+    # 0.5 point lost at 0.25 and at 0.5, but only 0.25's interval stays under 1 point
+    cis = {0.0: (0.0, 0.0), 0.25: (-0.002, 0.009), 0.5: (-0.001, 0.012), 1.0: (0.08, 0.12)}
+    rows = rows_for("zs", accs, cis)
     assert abs(average_accuracy(rows)[(4, "zs", 0.5)] - 0.695) < 1e-12
-    assert largest_ratio_within(rows) == {(4, "zs"): 0.5}  # 0.5 point lost at 0.5, 10 points at 1.0
+    assert largest_ratio_within(rows) == {(4, "zs"): 0.25}
     text = report(rows)
-    assert "| 4 | zs | 0.50 | 0.695 | 100.0 |" in text and "| 4 | zs | 0.50 |" in text.split("largest")[1]
+    assert "| 4 | zs | 0.50 | 0.695 | 0.5 [-0.1, 1.2] | 1000 | 100.0 |" in text
+    assert "| 4 | zs | 0.25 |" in text.split("largest")[1]
+
+
+def test_sweep_resumes_from_its_store(tmp_path, monkeypatch):
+    """A second run with the same arguments reads the scan and every scored setting back: no block
+    inputs captured, nothing scored; the rows, with their paired drops, are the same."""
+    import spd_ref.calibration.data as data
+    import spd_ref.evaluation.evaluate as evaluate
+    import spd_ref.evaluation.sweep as sweep
+
+    ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
+    calls = {"score": 0, "capture": 0}
+
+    def score(model, tokenizer, tasks, limit=None):  # per-item: is the next token the top-1 prediction?
+        calls["score"] += 1
+        with torch.no_grad():
+            hits = (model(ids).logits[:, :-1].argmax(-1) == ids[:, 1:]).float().flatten().tolist()
+        return [{"task": "t", "metric": "acc", "value": sum(hits) / len(hits), "items": hits}]
+
+    def capture(*args, **kwargs):
+        calls["capture"] += 1
+        return capture_block_inputs(*args, **kwargs)
+
+    capture_block_inputs = sweep.capture_block_inputs
+    monkeypatch.setattr(evaluate, "evaluate_model", score)
+    monkeypatch.setattr(data, "calibration_tokens", lambda tok, n, seq, seed: ids)
+    monkeypatch.setattr(sweep, "capture_block_inputs", capture)
+    model, store = random_model(tiny_config(layers=4)), ResultStore(tmp_path)
+    run = lambda: sweep_tp(model, None, 2, [0.0, 0.5, 1.0], strategies=("zs", "random"), eval_dtype=torch.float32,
+                           progress=False, model_name="tiny", store=store)
+    first = run()
+    assert calls == {"score": 4, "capture": 1}  # ratio 0 and ratio 1 (all blocks) are one setting each
+    second = run()
+    assert calls == {"score": 4, "capture": 1} and second == first
+    base = [r for r in first if r.get("spd_ratio") == 0.0]
+    assert all(r["drop"] == 0.0 and r["drop_ci95"] == [0.0, 0.0] for r in base)
+    spd = [r for r in first if r.get("spd_ratio") == 1.0 and r["strategy"] == "zs"][0]
+    assert spd["drop_ci95"][0] <= spd["drop"] <= spd["drop_ci95"][1] and spd["drop_n_items"] == 60
+    # one setting alone (ratios without 0, as a second process would): the baseline comes from the store
+    alone = sweep_tp(model, None, 2, [0.25], strategies=("zs",), eval_dtype=torch.float32, progress=False,
+                     model_name="tiny", store=store)
+    assert calls["score"] == 5 and all("drop_ci95" in r for r in alone if r.get("metric") == "acc")

@@ -152,7 +152,7 @@ def mlp_match_scores(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, A
     scores = torch.zeros(n, n)
     o_bias = layer.self_attn.o_proj.bias
     for x in hidden.split(1):
-        partials, _ = layer.self_attn(layer.input_layernorm(x), **kwargs)
+        partials = layer.attention_partials(x, **kwargs)
         normed = layer.post_attention_layernorm(x + partials + (0 if o_bias is None else o_bias))
         for a in range(n):
             for m in range(n):

@@ -41,7 +41,7 @@ def shard_output(layer: nn.Module, m: int, normed: torch.Tensor) -> torch.Tensor
 def deviations(layer: nn.Module, x: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
     """D (N, N, B, T, d) on inputs x (B, T, d); `layer` must be under simulated TP."""
     n = layer.partition.tp_degree
-    partials, _ = layer.self_attn(layer.input_layernorm(x), **kwargs)
+    partials = layer.attention_partials(x, **kwargs)
     o_bias = layer.self_attn.o_proj.bias
     bias = 0 if o_bias is None else o_bias
     tp_in = layer.post_attention_layernorm(x + partials.sum(0) + bias)

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from spd_ref.__main__ import CommandParser, block_list, check_model_args, number, output_file
 from spd_ref.evaluation.evaluate import check_hub_for, evaluate_model, format_table, resolve_tasks, write_results
+from spd_ref.models import MODEL_HELP
 from spd_ref.tp import ALLREDUCE_KINDS, DEFAULT_ALLREDUCE, DEFAULT_TIMEOUT_S, in_torchrun
 
 
@@ -31,7 +32,7 @@ def check_args(args: argparse.Namespace) -> None:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = CommandParser(prog="python -m spd_ref eval", checks=[check_args],
                       description="lm-eval accuracy and perplexity of a model or an SPD plan")
-    p.add_argument("--model", default="smollm2", help="'smollm2' (offline), a local folder, .gguf or hub id")
+    p.add_argument("--model", default="smollm2", help=MODEL_HELP)
     p.add_argument("--plan", help="folder of an SPD plan (spd_ref.plan) to apply; sets tp and blocks")
     p.add_argument("--tp", type=number(int, 1), default=None,
                    help="simulated tensor-parallel degree (default 1, or the plan's)")

@@ -107,12 +107,19 @@ def evaluate_lm(lm, tasks: str | Sequence[str] = "offline", limit: int | None = 
     offline_only = all(n in OFFLINE_TASKS for n in names)
     task_manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=not offline_only)
     out = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=task_manager, limit=limit,
-                                  bootstrap_iters=0, log_samples=False)
+                                  bootstrap_iters=0, log_samples=True)  # per-item scores: paired statistics
     return [] if out is None else rows_from_results(out)
 
 
+def item_scores_of(samples: list[dict], metric: str) -> list[float] | None:
+    """The per-item scores of one metric, in item order, from lm-eval's logged samples."""
+    scores = [(s["doc_id"], s[metric]) for s in samples if isinstance(s.get(metric), (int, float))]
+    return [float(v) for _, v in sorted(scores)] if scores and len(scores) == len(samples) else None
+
+
 def rows_from_results(out: dict) -> list[dict]:
-    """Flatten lm-eval's results ({"acc,none": 0.8, ...} per task) into rows."""
+    """Flatten lm-eval's results ({"acc,none": 0.8, ...} per task) into rows; accuracy rows carry the
+    per-item scores (`items`, item order) when lm-eval logged samples, for paired statistics."""
     rows = []
     for task, metrics in out["results"].items():
         n_items = out.get("n-samples", {}).get(task, {}).get("effective")
@@ -128,6 +135,8 @@ def rows_from_results(out: dict) -> list[dict]:
                          "value": float(value), "n_items": n_items, "stderr": stderr,
                          "higher_is_better": better.get(metric),
                          "chance": CHANCE.get(task) if metric.startswith("acc") else None})
+            if metric.startswith("acc") and task in out.get("samples", {}):
+                rows[-1]["items"] = item_scores_of(out["samples"][task], metric)
     return rows
 
 

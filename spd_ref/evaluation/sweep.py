@@ -1,6 +1,6 @@
 """Accuracy against SPD ratio, for each strategy of choosing and recovering SPD blocks (METHOD.md s.3-5).
 
-    python -m spd_ref sweep --model smollm2 --tp 4,3 --steps 6 --limit 80 --out results/sweep
+    python -m spd_ref sweep --model smollm2 --tp 4,3 --steps 4 --strategies zs --out results/scale/smollm2
 
 Strategies, each at ratios 0, 1/steps, ..., 1:
   random  zero-shot SPD on randomly ordered blocks (seeded);
@@ -8,25 +8,32 @@ Strategies, each at ratios 0, 1/steps, ..., 1:
   b2b     as zs, plus block-to-block distillation of sensitive and extremely sensitive blocks;
   hg      as b2b, but extremely sensitive blocks get head grouping before B2B (the full method).
 One calibration (scan, classes) per TP degree; each block is recovered at most once per recovery kind
-and reused at every ratio; a configuration already scored (same blocks, same weights) is not
-scored again. Rows go to OUT/sweep_tpN.jsonl; OUT/sweep.png plots average accuracy and perplexity.
+and reused at every ratio; a configuration already scored (same blocks, same weights) is not scored
+again. Every accuracy is compared with ratio 0 (plain TP) on the same items: `drop` and `drop_ci95`
+(spd_ref.evaluation.statistics). Resumable: the scan and every scored setting are kept in OUT/store
+(spd_ref.evaluation.store), so a stopped run continues; OUT/sweep_tpN.jsonl is rewritten after each
+setting, and OUT/sweep.png plots average accuracy (with intervals) and perplexity.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from tqdm.auto import tqdm
 
 from spd_ref.__main__ import CommandParser, check_model_args, listed, number, output_folder
 from spd_ref.calibration.calibrate import SAMPLES, SEQ_LEN, recover_block
+from spd_ref.calibration.sensitivity import (STRATEGY, BlockClass, SensitivityScan, baseline_blocks,
+                                             capture_block_inputs, classify, sensitivity_scan)
+from spd_ref.evaluation.statistics import Drop, format_drop, rows_drop
+from spd_ref.evaluation.store import ResultStore
 from spd_ref.hf import apply_tp, decoder_layers, remove_tp
-from spd_ref.calibration.sensitivity import (STRATEGY, BlockClass, baseline_blocks, capture_block_inputs, classify, sensitivity_scan)
-from spd_ref.models import portable_name
+from spd_ref.models import MODEL_HELP, portable_name
 from spd_ref.plan import choose_blocks
 
 STRATEGIES = ("random", "zs", "b2b", "hg")
@@ -40,53 +47,103 @@ def recovery(strategy: str, block_class: BlockClass) -> str:
 
 
 def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str = "offline",
-             limit: Optional[int] = 100, samples: int = SAMPLES, seq_len: int = SEQ_LEN, seed: int = 0,
+             limit: Optional[int] = None, samples: int = SAMPLES, seq_len: int = SEQ_LEN, seed: int = 0,
              strategies: tuple[str, ...] = STRATEGIES, eval_dtype: torch.dtype = torch.bfloat16,
-             progress: bool = True) -> list[dict]:
+             progress: bool = True, model_name: str = "", store: Optional[ResultStore] = None,
+             on_setting: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
     """Score every (strategy, ratio) at one TP degree; returns rows (one per task metric).
 
     Calibration and recovery run on `model` as it is (fp32); [ours] scoring runs on a copy in
-    `eval_dtype` (bf16 by default: about 3x faster on a CPU, and what GPUs serve in).
+    `eval_dtype` (bf16 by default: about 3x faster on a CPU, and what GPUs serve in). With a
+    `store`, finished pieces are read back instead of computed; `on_setting(rows so far)` is called
+    after each setting (to write rows as they come).
     """
     from spd_ref.calibration.data import calibration_tokens
     from spd_ref.evaluation.evaluate import evaluate_model
 
-    tokens = calibration_tokens(tokenizer, samples, seq_len, seed)
+    def cached(key: dict, compute: Callable):
+        return compute() if store is None else store.get_or_compute(key, compute)
+
+    calibration = {"model": model_name, "tp": tp_degree, "samples": samples, "seq_len": seq_len, "seed": seed}
     original = {k: v.clone() for k, v in model.state_dict().items()}
-    scorer = copy.deepcopy(model).to(eval_dtype)
     apply_tp(model, tp_degree)
-    cache = capture_block_inputs(model, tokens, progress=progress)
-    scan = sensitivity_scan(model, cache, progress=progress)
+    block_inputs = []  # captured once, only when something needs them (not on a resumed zero-shot run)
+
+    def inputs():
+        if not block_inputs:
+            tokens = calibration_tokens(tokenizer, samples, seq_len, seed)
+            block_inputs.append(capture_block_inputs(model, tokens, progress=progress))
+        return block_inputs[0]
+
+    scan = SensitivityScan(**cached({"kind": "scan", **calibration},
+                                    lambda: sensitivity_scan(model, inputs(), progress=progress).__dict__))
     classes = classify(scan)
-    num = len(decoder_layers(model))
-    recovered: dict[tuple[int, str], dict] = {}
-    scored: dict[tuple, list[dict]] = {}
-    rows = []
-    points = [(s, r) for r in ratios for s in strategies]
-    for strategy, ratio in tqdm(points, desc=f"sweep TP {tp_degree}", disable=not progress):
-        blocks = (baseline_blocks("random", num, ratio, seed) if strategy == "random"
-                  else choose_blocks(scan.scores, ratio))
-        kinds = {l: recovery(strategy, classes[l]) for l in blocks}
-        key = tuple(sorted(kinds.items()))
-        if key not in scored:
-            weights = {}
-            for l, kind in kinds.items():
-                if kind != "zs" and (l, kind) not in recovered:
-                    recovered[l, kind] = recover_block(model, cache, l, kind, seed=seed, progress=progress)[0]
-                weights.update(recovered.get((l, kind), {}))
-            scorer.load_state_dict(dict(original, **weights))
-            apply_tp(scorer, tp_degree, blocks)
-            scored[key] = evaluate_model(scorer, tokenizer, tasks, limit=limit)
-        for row in scored[key]:
-            rows.append({"model": portable_name(model.config._name_or_path), "tp": tp_degree, "strategy": strategy,
-                         "eval_dtype": str(eval_dtype).removeprefix("torch."),
-                         "spd_ratio": ratio, "spd_blocks": blocks, "recovered": {l: k for l, k in kinds.items()
-                                                                                if k != "zs"}, **row})
+    num, params = len(decoder_layers(model)), sum(p.numel() for p in model.parameters())
+    scorer, recovered = None, {}
+    setting = {"kind": "score", **calibration, "tasks": tasks, "limit": limit,
+               "eval_dtype": str(eval_dtype).removeprefix("torch.")}
+
+    def score(blocks: list[int], kinds: dict[int, str]) -> dict:
+        nonlocal scorer
+        if scorer is None:
+            scorer = copy.deepcopy(remove_tp(model)).to(eval_dtype)
+            apply_tp(model, tp_degree)
+        weights = {}
+        for l, kind in kinds.items():
+            if kind != "zs" and (l, kind) not in recovered:
+                recovered[l, kind] = recover_block(model, inputs(), l, kind, seed=seed, progress=progress)[0]
+            weights.update(recovered.get((l, kind), {}))
+        scorer.load_state_dict(dict(original, **weights))
+        apply_tp(scorer, tp_degree, blocks)
+        start = time.time()
+        scored = evaluate_model(scorer, tokenizer, tasks, limit=limit)
+        return {"rows": scored, "score_s": time.time() - start}
+
+    points = []
+    for ratio in ratios:
+        for strategy in strategies:
+            blocks = (baseline_blocks("random", num, ratio, seed) if strategy == "random"
+                      else choose_blocks(scan.scores, ratio))
+            kinds = {l: recovery(strategy, classes[l]) for l in blocks}
+            key = {**setting, "blocks": blocks, "recovered": sorted((l, k) for l, k in kinds.items() if k != "zs")}
+            points.append((strategy, ratio, blocks, kinds, key))
+    if store is not None:  # finished settings first: rows written as they come never lose a finished one
+        points.sort(key=lambda p: store.get(p[4]) is None)
+    base_key = {**setting, "blocks": [], "recovered": []}  # ratio 0, plain TP: the paired baseline
+    # Without ratio 0 among the ratios (a process scoring one setting beside another run), the
+    # baseline is taken from the store if there, and scored last otherwise.
+    base = cached(base_key, lambda: score([], {})) if 0.0 in ratios or store is None else store.get(base_key)
+    finished = []
+
+    def rows_so_far() -> list[dict]:
+        out = []
+        for strategy, ratio, blocks, kinds, done in finished:
+            drop = rows_drop(base["rows"], done["rows"]).as_row() if base and tasks_have_items(done["rows"]) else {}
+            out += [{"model": model_name, "tp": tp_degree, "strategy": strategy, "spd_ratio": ratio,
+                     "eval_dtype": setting["eval_dtype"], "spd_blocks": blocks,
+                     "recovered": {l: k for l, k in kinds.items() if k != "zs"}, "score_s": done["score_s"],
+                     **drop, **row} for row in done["rows"]]
+        return out + sensitivity_rows(scan, classes, tp_degree, model_name, params)
+
+    for strategy, ratio, blocks, kinds, key in tqdm(points, desc=f"sweep TP {tp_degree}", disable=not progress):
+        finished.append((strategy, ratio, blocks, kinds, cached(key, lambda: score(blocks, kinds))))
+        on_setting(rows_so_far())
+    if base is None:
+        base = cached(base_key, lambda: score([], {}))
+        on_setting(rows_so_far())
     remove_tp(model)  # recovery trained copies: the model's own weights never changed
-    for l, (s, rel, c) in enumerate(zip(scan.scores, scan.relative, classes)):
-        rows.append({"tp": tp_degree, "kind": "sensitivity", "block": l, "sensitivity": s, "relative": rel,
-                     "class": c.value, "base_ppl": scan.base_ppl})
-    return rows
+    return rows_so_far()
+
+
+def tasks_have_items(rows: list[dict]) -> bool:
+    return any(r.get("items") for r in rows)
+
+
+def sensitivity_rows(scan: SensitivityScan, classes: list[BlockClass], tp: int, model_name: str,
+                     params: int) -> list[dict]:
+    return [{"model": model_name, "params": params, "tp": tp, "kind": "sensitivity", "block": l, "sensitivity": s,
+             "relative": rel, "class": c.value, "base_ppl": scan.base_ppl}
+            for l, (s, rel, c) in enumerate(zip(scan.scores, scan.relative, classes))]
 
 
 def load_rows(folder: str | Path) -> list[dict]:
@@ -104,29 +161,47 @@ def average_accuracy(rows: list[dict]) -> dict[tuple, float]:
     return {k: sum(v) / len(v) for k, v in acc.items()}
 
 
-def largest_ratio_within(rows: list[dict], drop: float = 0.01) -> dict[tuple, float]:
-    """Per (tp, strategy): the largest ratio whose average accuracy is at most `drop` below ratio 0."""
-    avg = average_accuracy(rows)
+def drops(rows: list[dict]) -> dict[tuple, Drop]:
+    """The paired drop of average accuracy against ratio 0, per (tp, strategy, ratio)."""
+    return {(r["tp"], r["strategy"], r["spd_ratio"]): Drop(r["drop"], *r["drop_ci95"], r["drop_n_items"])
+            for r in rows if r.get("metric") == "acc" and "drop_ci95" in r}
+
+
+def largest_ratio_within(rows: list[dict], points: float = 1.0) -> dict[tuple, float]:
+    """Per (tp, strategy): the largest ratio whose paired 95% interval of the average-accuracy drop lies
+    at or below `points` (Drop.within): the interval, not the point estimate."""
     best: dict[tuple, float] = {}
-    for (tp, strategy, ratio), value in sorted(avg.items(), key=lambda kv: kv[0][2]):
-        base = avg[(tp, strategy, 0.0)]
-        if base - value <= drop:
+    for (tp, strategy, ratio), drop in sorted(drops(rows).items(), key=lambda kv: kv[0][2]):
+        if drop.within(points):
             best[(tp, strategy)] = ratio
     return best
 
 
 def report(rows: list[dict], ppl_metric: str = "word_perplexity") -> str:
-    """Markdown: average accuracy and held-out perplexity per (tp, strategy, ratio), and per
-    (tp, strategy) the largest ratio within 1 point of average accuracy of ratio 0."""
-    avg = average_accuracy(rows)
+    """Markdown: average accuracy, its paired drop with the 95% interval and held-out perplexity per
+    (tp, strategy, ratio); per (tp, strategy) the largest ratio whose interval stays within 1 point."""
+    avg, drop = average_accuracy(rows), drops(rows)
     ppl = {(r["tp"], r["strategy"], r["spd_ratio"]): r["value"] for r in rows
            if r.get("metric") == ppl_metric and "strategy" in r}
-    lines = ["| TP | strategy | SPD ratio | avg accuracy | held-out word ppl |", "| --- | --- | --- | --- | --- |"]
+    items = {k: d.n_items for k, d in drop.items()}
+    lines = ["| TP | strategy | SPD ratio | avg accuracy | drop, points [95% CI] | items | held-out word ppl |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for key in sorted(avg):
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]:.2f} | {avg[key]:.3f} | {ppl.get(key, float('nan')):.1f} |")
-    lines += ["", "| TP | strategy | largest ratio with avg accuracy drop <= 1 point |", "| --- | --- | --- |"]
-    lines += [f"| {tp} | {s} | {r:.2f} |" for (tp, s), r in sorted(largest_ratio_within(rows).items())]
+        d = format_drop(drop[key]).removesuffix(" points") if key in drop else "-"
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]:.2f} | {avg[key]:.3f} | {d} | {items.get(key, '-')} | "
+                     f"{ppl.get(key, float('nan')):.1f} |")
+    lines += ["", "| TP | strategy | largest ratio whose 95% CI of the drop stays <= 1 point |", "| --- | --- | --- |"]
+    best = largest_ratio_within(rows)
+    for tp, strategy in sorted({(k[0], k[1]) for k in drop}):
+        lines.append(f"| {tp} | {strategy} | {best.get((tp, strategy), 0.0):.2f} |")
     return "\n".join(lines)
+
+
+def strategy(text: str) -> str:
+    """An argument type: one of STRATEGIES."""
+    if text not in STRATEGIES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a strategy. Fix: use {', '.join(STRATEGIES)}")
+    return text
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -143,15 +218,22 @@ def check_args(args: argparse.Namespace) -> None:
 
 def cli(argv: list[str]) -> int:
     p = CommandParser(prog="python -m spd_ref sweep", description=__doc__.split("\n\n")[0], checks=[check_args])
-    p.add_argument("--model", default="smollm2")
+    p.add_argument("--model", default="smollm2", help=MODEL_HELP)
     p.add_argument("--tp", type=listed(number(int, 1)), default="4,3", help="comma-separated TP degrees")
-    p.add_argument("--steps", type=number(int, 1), default=6, help="ratios 0, 1/steps, ..., 1 (the issue: steps >= 6)")
+    p.add_argument("--steps", type=number(int, 1), default=6, help="ratios 0, 1/steps, ..., 1")
+    p.add_argument("--ratios", type=listed(number(float, 0, 1)), default=None,
+                   help="comma-separated ratios instead of --steps (e.g. 0.5: one setting, scored in a second "
+                        "process beside a run that scores ratio 0; both share --out's store)")
+    p.add_argument("--strategies", type=listed(strategy), default=",".join(STRATEGIES),
+                   help=f"comma-separated, of {','.join(STRATEGIES)}")
     p.add_argument("--tasks", default="offline")
-    p.add_argument("--limit", type=number(int, 1), default=80, help="items per task [ours: CPU-sized]")
+    p.add_argument("--limit", type=number(int, 1), default=None,
+                   help="items per task [ours: all of the offline suite, 1250 accuracy items]")
     p.add_argument("--samples", type=number(int, 1), default=SAMPLES)
     p.add_argument("--seq-len", type=number(int, 2), default=SEQ_LEN)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=output_folder, default="results/sweep")
+    p.add_argument("--out", type=output_folder, default="results/sweep",
+                   help="rows, figure, and OUT/store: what a rerun resumes from")
     p.add_argument("--report", action="store_true", help="only print the tables of the rows already in --out")
     args = p.parse_args(argv)
     if args.report:
@@ -161,15 +243,18 @@ def cli(argv: list[str]) -> int:
     from spd_ref.models import load_model
 
     model, tokenizer = load_model(args.model)
-    ratios = [i / args.steps for i in range(args.steps + 1)]
+    ratios = args.ratios or [i / args.steps for i in range(args.steps + 1)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    store = ResultStore(out / "store")
     for tp in args.tp:
-        rows = sweep_tp(model, tokenizer, tp, ratios, args.tasks, args.limit, args.samples, args.seq_len, args.seed)
-        # One file per TP degree: degrees can run as separate processes (one core each) and progress survives.
-        with open(out / f"sweep_tp{tp}.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+        def write(rows: list[dict], path: Path = out / f"sweep_tp{tp}.jsonl") -> None:
+            # One file per TP degree, rewritten as settings finish: degrees can run as separate processes.
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+        sweep_tp(model, tokenizer, tp, ratios, args.tasks, args.limit, args.samples, args.seq_len, args.seed,
+                 tuple(args.strategies), model_name=portable_name(args.model), store=store, on_setting=write)
     rows = load_rows(out)
-    plot_sweep(rows, out / "sweep.png")
+    plot_sweep(rows, out / "sweep.png", title=args.model)
     print(report(rows))
     return 0

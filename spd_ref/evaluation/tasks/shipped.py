@@ -59,7 +59,7 @@ def analogy_sections() -> dict[str, list[tuple[str, str, str, str]]]:
 
 
 @lru_cache(maxsize=None)
-def analogy_items(n_items: int = 200, seed: int = SEED) -> tuple[dict, ...]:
+def analogy_items(n_items: int = 400, seed: int = SEED) -> tuple[dict, ...]:
     """4-way multiple choice: the answer plus 3 distractors drawn from the answers of the same section.
 
     Each section's questions are shuffled with the seed, then sections are interleaved (so every
@@ -86,7 +86,7 @@ def analogy_items(n_items: int = 200, seed: int = SEED) -> tuple[dict, ...]:
     return tuple(interleave(groups)[:n_items])
 
 
-def analogy_dataset(n_items: int = 200, seed: int = SEED, **_metadata) -> datasets.DatasetDict:
+def analogy_dataset(n_items: int = 400, seed: int = SEED, **_metadata) -> datasets.DatasetDict:
     return as_dataset(list(analogy_items(n_items, seed)))
 
 

@@ -76,7 +76,7 @@ def _ordered(groups: list[list[dict]], seed: int, n_items: int) -> tuple[dict, .
 # --- spd_lambada -------------------------------------------------------------------------------
 
 @lru_cache(maxsize=None)
-def lambada_items(n_items: int = 200, seed: int = SEED, min_words: int = 40, max_words: int = 150,
+def lambada_items(n_items: int = 250, seed: int = SEED, min_words: int = 40, max_words: int = 150,
                   require_in_context: bool = True) -> tuple[dict, ...]:
     """Passages of consecutive sentences of one paragraph; the target is the passage's last word.
 
@@ -110,7 +110,7 @@ def lambada_items(n_items: int = 200, seed: int = SEED, min_words: int = 40, max
     return _ordered(groups, seed, n_items)
 
 
-def lambada_dataset(n_items: int = 200, seed: int = SEED, **_metadata) -> datasets.DatasetDict:
+def lambada_dataset(n_items: int = 250, seed: int = SEED, **_metadata) -> datasets.DatasetDict:
     return as_dataset(list(lambada_items(n_items, seed)))
 
 
@@ -120,7 +120,7 @@ HELLASWAG_CHOICES = 4
 
 
 @lru_cache(maxsize=None)
-def hellaswag_items(n_items: int = 200, seed: int = SEED, context_sentences: int = 1,
+def hellaswag_items(n_items: int = 400, seed: int = SEED, context_sentences: int = 1,
                     min_ending_words: int = 8, max_ending_words: int = 30) -> tuple[dict, ...]:
     """Context = `context_sentences` sentences of a paragraph; the true ending is the next sentence.
 
@@ -155,7 +155,7 @@ def hellaswag_items(n_items: int = 200, seed: int = SEED, context_sentences: int
     return _ordered(groups, seed, n_items)
 
 
-def hellaswag_dataset(n_items: int = 200, seed: int = SEED, **_metadata) -> datasets.DatasetDict:
+def hellaswag_dataset(n_items: int = 400, seed: int = SEED, **_metadata) -> datasets.DatasetDict:
     return as_dataset(list(hellaswag_items(n_items, seed)))
 
 

@@ -1,0 +1,31 @@
+"""The scale study's summary (spd_ref.evaluation.scale) on synthetic sweep rows written to disk."""
+import json
+
+from spd_ref.evaluation.scale import load_study, markdown, plot_tolerance, summary
+
+
+def write_model(folder, name, params, classes, drops):
+    """Sweep rows of one model at TP 2: sensitivity classes per block and (ratio -> drop, low, high)."""
+    rows = [{"model": name, "params": params, "tp": 2, "kind": "sensitivity", "block": l, "class": c}
+            for l, c in enumerate(classes)]
+    for ratio, (drop, low, high) in drops.items():
+        rows.append({"model": name, "tp": 2, "strategy": "zs", "spd_ratio": ratio, "task": "t", "metric": "acc",
+                     "value": 0.7 - drop, "drop": drop, "drop_ci95": [low, high], "drop_n_items": 1250,
+                     "score_s": 60.0})
+    (folder / name).mkdir()
+    (folder / name / "sweep_tp2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_summary_shares_intervals_and_figure(tmp_path):
+    write_model(tmp_path, "small", 1e8, ["in-sensitive", "sensitive", "extremely sensitive", "sensitive"],
+                {0.0: (0, 0, 0), 0.5: (0.03, 0.02, 0.04)})
+    write_model(tmp_path, "large", 1e9, ["in-sensitive", "in-sensitive", "in-sensitive", "sensitive"],
+                {0.0: (0, 0, 0), 0.5: (0.004, -0.002, 0.009), 1.0: (0.02, 0.012, 0.03)})
+    (tmp_path / "empty").mkdir()  # a model folder without rows yet is skipped
+    lines = {s["model"]: s for s in summary(load_study(tmp_path))}
+    assert set(lines) == {"small", "large"}
+    assert lines["small"]["insensitive"] == 0.25 and lines["large"]["insensitive"] == 0.75
+    assert lines["small"]["largest_within_1pt"] == 0.0 and lines["large"]["largest_within_1pt"] == 0.5
+    text = markdown(list(lines.values()))
+    assert "| large | 1000 M | 2 | 75% of 4 | 0.50 | 0.50: 0.4 [-0.2, 0.9]; 1.00: 2.0 [1.2, 3.0] |" in text
+    assert plot_tolerance(list(lines.values()), tmp_path / "t.png").stat().st_size > 10_000
