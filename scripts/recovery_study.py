@@ -1,6 +1,7 @@
 """Issue 12's measurements on SmolLM2-135M at simulated TP 4 (fp32, CPU); resumable, one JSON row per setting.
 
     python scripts/recovery_study.py blocks    # SPD on blocks 0-2: zero-shot, HG (paper / error), B2B, ...
+    python scripts/recovery_study.py blocks 32x256:0 "HG (error) + B2B"    # one variant, other calibration
     python scripts/recovery_study.py tokens 8x256:0 8x256:1 32x512:0    # what calibration tokens buy
     python scripts/recovery_study.py scan 32x512:0    # only the scan part (or: b2b), e.g. in two processes
 
@@ -81,22 +82,28 @@ def block_records(recovered: dict) -> dict:
     return out
 
 
-def blocks(model, tok) -> None:
+def blocks(model, tok, setting: str = "8x256:0", names: list[str] | None = None) -> None:
+    """VARIANTS (or those `names`) on BLOCKS with calibration `setting` ("NxT:seed"; keys other than
+    the default setting's carry it)."""
     path = OUT / "blocks.jsonl"
     finished = done(path)
     held = heldout_tokens(tok, HELD[1], HELD[0], drop_shared=False)
-    cache = capture_block_inputs(model, calibration_tokens(tok, 8, 256, 0), progress=False)
+    shape, seed = setting.split(":")
+    n, seq = (int(x) for x in shape.split("x"))
+    cache = capture_block_inputs(model, calibration_tokens(tok, n, seq, int(seed)), progress=False)
     if "TP" not in finished:
         write(path, {"key": "TP", "variant": "TP (no SPD)", "heldout_ppl": perplexity(model, held)})
     for name, (strategy, options) in VARIANTS.items():
-        if name in finished:
+        key = name if setting == "8x256:0" else f"{name} @ {setting}"
+        if key in finished or (names and name not in names):
             continue
         options = dict(options)
         sequential, targets = options.pop("sequential", False), options.pop("targets", "block")
         start = time.perf_counter()
         weights, recovered = recover_blocks(model, cache, {l: strategy for l in BLOCKS}, sequential, targets,
                                             progress=False, **options)
-        write(path, {"key": name, "variant": name, "heldout_ppl": heldout_ppl(model, held, weights),
+        write(path, {"key": key, "variant": name, "calibration": setting,
+                     "heldout_ppl": heldout_ppl(model, held, weights),
                      "recover_s": round(time.perf_counter() - start, 1), "blocks": block_records(recovered)})
 
 
@@ -134,8 +141,8 @@ def main(argv: list[str]) -> int:
     model, tok = load_model("smollm2")
     apply_tp(model.eval(), TP)
     decoder_layers(model)  # a LLaMA-style model
-    if argv[0] == "blocks":
-        blocks(model, tok)
+    if argv[0] == "blocks":  # blocks [NxT:seed [VARIANT ...]]
+        blocks(model, tok, *(argv[1:2] or ["8x256:0"]), argv[2:] or None)
     else:  # "tokens" (scan and B2B), or one of them: "scan", "b2b"
         tokens(model, tok, argv[1:], ("scan", "b2b") if argv[0] == "tokens" else (argv[0],))
     return 0
