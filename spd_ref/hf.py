@@ -120,17 +120,21 @@ class SimulatedTPLayer:
         out = hidden @ take_columns(mlp.down_proj.weight, index).transpose(-1, -2)  # (R, B*T, d)
         return out.view(x.shape)
 
+    def attention_partials(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """Each rank's attention partial P_i = A_i W_O^(i), o_proj bias excluded: (R, B, T, d)."""
+        self.self_attn.o_proj.mode = "batched" if self.fast else "ranks"
+        partials, _ = self.self_attn(self.input_layernorm(hidden_states), *args, **kwargs)
+        return partials
+
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         o_proj = self.self_attn.o_proj
         if self.fast and self.block_mode is BlockMode.TP:
-            # The original layer: equal to the sum over ranks up to float order. o_proj returns the
-            # whole product only for this call: anyone calling self_attn directly gets the partials.
-            o_proj.mode, partials_mode = "whole", o_proj.mode
+            o_proj.mode = "whole"  # the original layer: equal to the sum over ranks up to float order
             try:
                 return super().forward(hidden_states, *args, **kwargs)
-            finally:
-                o_proj.mode = partials_mode
-        partials, _ = self.self_attn(self.input_layernorm(hidden_states), *args, **kwargs)
+            finally:  # anyone else calling self_attn gets partials, as the docstring promises
+                o_proj.mode = "batched"
+        partials = self.attention_partials(hidden_states, *args, **kwargs)
         mlp_shards = self.mlp_shards_batched if self.fast else self.mlp_shards
         return block_residual(hidden_states, partials, mlp_shards, self.post_attention_layernorm,
                               sync=lambda t: t.sum(0), mode=self.block_mode,

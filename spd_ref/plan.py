@@ -225,10 +225,18 @@ def check_fingerprint(plan: Plan, model: nn.Module) -> None:
                          f"{plan.model_id!r}. Fix: load that model.")
 
 
+ORIGINAL_WEIGHTS = "_spd_plan_replaced"  # model attribute: the weights a plan overwrote, as they were
+
+
 @torch.no_grad()
 def apply_plan(model: nn.Module, plan: Plan) -> nn.Module:
     """Simulated runtime: load the plan's weights into `model` (in place), then apply_tp with its TP
-    degree and SPD blocks. The model must be the one the plan was calibrated on."""
+    degree and SPD blocks. The model must be the one the plan was calibrated on.
+
+    A model that already carries a plan is reset first: the weights an earlier apply_plan replaced
+    are put back (the model keeps them, one copy of the changed blocks), so no block of another plan
+    leaks into this one.
+    """
     check_plan(plan, model.config)
     check_fingerprint(plan, model)
     params = dict(model.named_parameters())
@@ -236,6 +244,11 @@ def apply_plan(model: nn.Module, plan: Plan) -> nn.Module:
     if unknown:
         raise ValueError(f"plan weight {unknown[0]!r} is not a parameter of this model. Fix: apply the plan "
                          f"to the model it was made for ({plan.model_id!r}).")
+    replaced = getattr(model, ORIGINAL_WEIGHTS, {})
+    for name, tensor in replaced.items():
+        params[name].copy_(tensor)
+    replaced.update({name: params[name].detach().clone() for name in plan.weights if name not in replaced})
+    setattr(model, ORIGINAL_WEIGHTS, replaced)
     for name, tensor in plan.weights.items():
         params[name].copy_(tensor)
     apply_tp(model, plan.tp_degree, plan.spd_blocks)

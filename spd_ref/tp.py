@@ -11,8 +11,9 @@ and capturable in a CUDA graph:
   NVLink multicast (never the multimem ops). GPUs with peer access only; messages larger than the
   buffer (`ONESHOT_MAX_BYTES`, [ours]) fall back to NCCL.
 - "auto" (the default, [ours]): oneshot where it can run, else nccl.
-The floor (`skip_sync`) keeps an opaque op where the all-reduce was, so the compiler builds the same
-kernels around it as in a run that communicates, and only the communication is missing.
+The floor (`skip_sync`) keeps an opaque op where the all-reduce was, so the compiler fuses around it
+as around a collective (same fusion boundaries as a run that communicates), and only the
+communication is missing.
 """
 from __future__ import annotations
 
@@ -32,14 +33,15 @@ ALLREDUCE_KINDS = ("auto", "nccl", "oneshot")
 # 10% faster than NCCL's at batch 1 and at batch 16 (results/h200_x2/README.md).
 DEFAULT_ALLREDUCE = "auto"
 # [ours] The largest message the one-shot all-reduce takes (decode syncs are batch x d x 2 bytes: 8 KB at
-# batch 1 and d 4096). Measured faster than NCCL up to 1 MiB on 2 x H200 (14.8 vs 23.4 us, RESOURCES.md).
+# batch 1 and d 4096). Measured faster than NCCL up to 1 MiB on 2 x H200 (15.2 vs 17.1 us at 1 MiB,
+# results/h200_x2); larger messages (prefill) go to NCCL.
 ONESHOT_MAX_BYTES = 1 << 20
 
 
 @torch.library.custom_op("spd_ref::skip_sync_", mutates_args=("x",))
 def skip_sync_(x: torch.Tensor) -> None:
     """Where the floor's all-reduce would be: nothing happens. Being an opaque op, it stops fusion
-    exactly where a collective does, so the floor runs the same kernels as the runs that communicate."""
+    exactly where a collective does, so the floor's kernels are split as in the runs that communicate."""
 
 
 def skip_sync(partials: torch.Tensor) -> torch.Tensor:

@@ -111,9 +111,12 @@ def test_calibration_windows_are_seeded(tokenizer) -> None:
 
 def test_heldout_windows_are_consecutive_slices_of_heldout_text(tokenizer, split) -> None:
     calibration, heldout = split
-    stream = data.token_stream(tokenizer, [text for _, text in heldout])
+    stream = data.token_stream(tokenizer, [data.without_calibration_sentences(text) for _, text in heldout])
     windows = data.heldout_tokens(tokenizer, seq_len=128, max_windows=5)
     assert torch.equal(windows, stream[: 5 * 128].view(5, 128))
+    raw = data.token_stream(tokenizer, [text for _, text in heldout])
+    assert torch.equal(data.heldout_tokens(tokenizer, seq_len=128, max_windows=5, drop_shared=False),
+                       raw[: 5 * 128].view(5, 128))
     everything = data.heldout_tokens(tokenizer, seq_len=512, max_windows=None)
     assert everything.shape == (stream.numel() // 512, 512)
     calibration_text, heldout_text = _texts(calibration), _texts(heldout)
@@ -160,3 +163,17 @@ def test_wikitext2_without_a_hub_says_what_to_do(tokenizer, monkeypatch) -> None
 def test_bad_input_names_the_value_and_the_fix(tokenizer, call, message) -> None:
     with pytest.raises(ValueError, match=message):
         call(tokenizer)
+
+
+def test_heldout_text_leaves_out_sentences_of_calibration_articles(split) -> None:
+    calibration, heldout = split
+    shared = data.calibration_sentences()
+    quoted = next(s for s in sorted(shared) if s[0].isupper() and s.endswith(".") and s.count(".") == 1)
+    text = f"Our own first line stays here.\nA held-out opening. {quoted} A held-out close."
+    assert data.without_calibration_sentences(text) == ("Our own first line stays here.\n"
+                                                       "A held-out opening. A held-out close.")
+    changed = [t for t, text in heldout if data.without_calibration_sentences(text) != text]
+    assert changed and len(changed) < len(heldout)  # a few articles quote calibration text
+    for _, text in heldout:
+        kept = data.without_calibration_sentences(text)
+        assert not any(s.strip() in shared for line in kept.split("\n") for s in data.SENTENCE_END.split(line))

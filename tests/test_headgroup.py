@@ -10,7 +10,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from spd_ref.block import BlockMode
 from spd_ref.calibration.headgroup import (group_heads, head_distances, head_grouping, match_mlp_shards, permute_block,
-                               within_rank_distance)
+                                          spd_error, tp_outputs, within_rank_distance)
+from spd_ref.calibration.pairing import allowed_pairings, best_pairing, pairing_errors
 from spd_ref.hf import apply_tp, decoder_layers
 from spd_ref.partition import make_partition
 from spd_ref.calibration.sensitivity import capture_block_inputs
@@ -45,7 +46,7 @@ def test_hg_keeps_tp_output_and_changes_spd_output(heads, kv, n):
     x = cache.hidden[1]
     tp_before, spd_before = _outputs(layer, x, cache.kwargs)
     grouped = copy.deepcopy(layer)
-    result = head_grouping(grouped, x, cache.kwargs)
+    result = head_grouping(grouped, x, cache.kwargs, rule="paper")  # the paper's steps, unconditionally
     tp_after, spd_after = _outputs(grouped, x, cache.kwargs)
     scale = tp_before.abs().max().item()
     assert (tp_after - tp_before).abs().max().item() <= 1e-5 * scale  # exact up to float rounding
@@ -93,3 +94,47 @@ def test_aligned_gqa_leaves_heads_and_still_matches_mlp():
     layer = copy.deepcopy(decoder_layers(model)[1])
     result = head_grouping(layer, cache.hidden[1], cache.kwargs)
     assert result.distance_after == pytest.approx(result.distance_before, rel=1e-6)
+
+
+@pytest.mark.parametrize("heads,kv,n", CASES)
+def test_pairing_errors_equal_the_permuted_blocks_error(heads, kv, n):
+    # The N x N deviation decomposition must give exactly the MSE of the block with that pairing.
+    model, cache = _model(heads, kv, n)
+    layer = decoder_layers(model)[1]
+    x = cache.hidden[1]
+    errors = pairing_errors(layer, x, cache.kwargs)
+    assert set(errors) == set(allowed_pairings(layer.partition)) and len(errors) == 24
+    for pairing, error in errors.items():
+        permuted = copy.deepcopy(layer)
+        permute_block(permuted, list(range(heads)), list(pairing), layer.partition)
+        assert error == pytest.approx(spd_error(permuted, x, cache.hidden[2], cache.kwargs), rel=1e-4, abs=1e-9)
+
+
+@pytest.mark.parametrize("exhaustive_up_to", [5, 1])  # all 24 pairings, or the assignment on pairwise costs
+@pytest.mark.parametrize("heads,kv,n", CASES)
+def test_hg_never_raises_the_block_error(heads, kv, n, exhaustive_up_to):
+    for seed in range(3):
+        model, cache = _model(heads, kv, n, seed)
+        for l in range(2):
+            layer = copy.deepcopy(decoder_layers(model)[l])
+            x, y = cache.hidden[l], cache.hidden[l + 1]
+            before = spd_error(layer, x, y, cache.kwargs)
+            result = head_grouping(layer, x, cache.kwargs, exhaustive_up_to=exhaustive_up_to)
+            after = spd_error(layer, x, y, cache.kwargs)
+            assert after <= before * (1 + 1e-5)
+            scored = [c["mse"] for c in result.candidates]
+            if result.pairing == "unchanged":
+                assert min(scored) >= before * (1 - 1e-5)
+            else:  # the applied candidate is the best one scored, and the block now has its error
+                assert after == pytest.approx(min(scored), rel=1e-4)
+
+
+def test_error_pairing_is_the_exhaustive_minimum_and_rule_is_checked():
+    model, cache = _model(9, 3, 4)
+    layer = decoder_layers(model)[0]
+    errors = pairing_errors(layer, cache.hidden[0], cache.kwargs)
+    assert tuple(best_pairing(layer, cache.hidden[0], cache.kwargs)) == min(errors, key=errors.get)
+    with pytest.raises(ValueError, match="rule='norm'"):
+        head_grouping(copy.deepcopy(layer), cache.hidden[0], cache.kwargs, rule="norm")
+    # Scoring is against the block's own TP output, which is the model's next activation.
+    assert torch.allclose(tp_outputs(layer, cache.hidden[0], cache.kwargs), cache.hidden[1], atol=1e-5)

@@ -5,6 +5,7 @@ import json
 import pytest
 
 import spd_ref.calibration.calibrate as C
+import spd_ref.calibration.recover as R
 from conftest import random_model, tiny_config
 from spd_ref.calibration.resume import FOLDER
 from spd_ref.plan import PLAN_FILE, WEIGHTS_FILE, load_plan, save_plan
@@ -24,11 +25,13 @@ def argv(model_dir, out):
             "--seq-len", "32", "--epochs", "1", "--tau1", "0", "--no-hg", "--eval-windows", "0", "--quiet"]
 
 
-REAL = {"recover_block": C.recover_block, "sensitivity_scan": C.sensitivity_scan}
+REAL = {"recover_block": R.recover_block, "sensitivity_scan": C.sensitivity_scan}
+HOME = {"recover_block": R, "sensitivity_scan": C}  # where calibrate looks each one up
 
 
 def counting(monkeypatch, name, fail_at=None):
-    """Replace calibrate's `name` by a wrapper that counts calls and raises Ctrl-C at call `fail_at`."""
+    """Replace `name` where calibrate looks it up by a wrapper that counts calls and raises Ctrl-C at
+    call `fail_at`."""
     real, calls = REAL[name], []
 
     def wrapper(*args, **kwargs):
@@ -36,7 +39,7 @@ def counting(monkeypatch, name, fail_at=None):
         if len(calls) == fail_at:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
-    monkeypatch.setattr(C, name, wrapper)
+    monkeypatch.setattr(HOME[name], name, wrapper)
     return calls
 
 

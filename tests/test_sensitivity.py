@@ -121,3 +121,45 @@ def test_bad_tokens_are_rejected(scanned):
         perplexity(model, torch.zeros(2, 8))
     with pytest.raises(ValueError, match="batch_size=0"):
         perplexity(model, torch.zeros(2, 8, dtype=torch.long), batch_size=0)
+
+
+def _tiny_scan(windows: int, seed: int = 0):
+    from conftest import random_model, tiny_config
+
+    model = apply_tp(random_model(tiny_config(heads=4, kv_heads=2, layers=3), seed), 2)
+    tokens = torch.randint(0, 256, (windows, 24), generator=torch.Generator().manual_seed(seed))
+    return sensitivity_scan(model, capture_block_inputs(model, tokens, batch_size=8, progress=False),
+                            progress=False)
+
+
+def test_scan_interval_shrinks_with_more_data():
+    from spd_ref.calibration.noise import relative_draws, scan_intervals
+
+    few, many = _tiny_scan(4), _tiny_scan(64)
+    assert len(few.window_nll) == 4 and len(few.window_nll[0]) == 4 and few.tokens_per_window == 23
+    # The per-window NLLs reproduce the scan's perplexities exactly.
+    for l, nll in enumerate(many.window_nll):
+        assert many.suffix_ppl[l] == pytest.approx(float(torch.tensor(nll, dtype=torch.float64).mean().div(23).exp()), rel=1e-12)
+    width_few, width_many = scan_intervals(few).median_half_width(), scan_intervals(many).median_half_width()
+    print(f"median half-width of s_l / PPL: 4 windows {width_few:.4%}, 64 windows {width_many:.4%}")
+    assert width_many < 0.5 * width_few  # ~1/sqrt(16) = 0.25 expected
+    intervals = scan_intervals(many)
+    inside = sum(lo <= r <= hi for lo, hi, r in zip(intervals.low, intervals.high, many.relative))
+    assert inside == len(many.relative)  # the point estimate lies in its own bootstrap interval
+    assert relative_draws(many, draws=7).shape == (7, 3)
+
+
+def test_bf16_and_disk_caches_give_the_same_scan(tmp_path):
+    from conftest import random_model, tiny_config
+
+    model = apply_tp(random_model(tiny_config(heads=4, kv_heads=2, layers=3)), 2)
+    tokens = torch.randint(0, 256, (6, 24), generator=torch.Generator().manual_seed(0))
+    memory = capture_block_inputs(model, tokens, batch_size=4, progress=False)
+    disk = capture_block_inputs(model, tokens, batch_size=4, progress=False, offload=tmp_path)
+    half = capture_block_inputs(model, tokens, batch_size=4, progress=False, dtype=torch.bfloat16, offload=tmp_path / "h")
+    assert len(list(tmp_path.glob("hidden_*.bin"))) == 4 and half.hidden[1].dtype == torch.bfloat16
+    assert half.block(1).dtype == torch.float32  # batches come back in the model's dtype
+    assert sum(t.nbytes for t in half.hidden) * 2 == sum(t.nbytes for t in memory.hidden)
+    scans = [sensitivity_scan(model, c, progress=False) for c in (memory, disk, half)]
+    assert scans[1].suffix_ppl == scans[0].suffix_ppl  # the same numbers, stored elsewhere
+    assert scans[2].suffix_ppl == pytest.approx(scans[0].suffix_ppl, rel=1e-3)  # bf16 rounding only

@@ -22,15 +22,16 @@ import torch
 import torch.nn as nn
 
 from spd_ref.__main__ import CommandParser, check_model_args, number, output_folder
-from spd_ref.block import BlockMode
-from spd_ref.calibration.distill import BATCH_SIZE, EPOCHS, LR, WEIGHT_DECAY, block_mse, distill_block, trained_copy
-from spd_ref.calibration.headgroup import MAP_SAMPLES, head_grouping
+from spd_ref.calibration.distill import BATCH_SIZE, EPOCHS, HOLDOUT, LR, WEIGHT_DECAY
+from spd_ref.calibration.headgroup import MAP_SAMPLES, RULE, RULES
+from spd_ref.calibration.noise import DRAWS, LEVEL, scan_intervals
+from spd_ref.calibration.recover import recover_block, recover_blocks  # noqa: F401 (recover_block: the sweep's)
 from spd_ref.calibration.resume import Checkpoint
 from spd_ref.hf import SimulatedTPLayer, apply_tp, decoder_layers, remove_tp, set_spd_blocks, spd_blocks_of
 from spd_ref.models import portable_name
-from spd_ref.plan import (BlockRecord, Plan, block_prefix, config_signature, package_versions, save_plan,
-                   weight_fingerprint)
-from spd_ref.calibration.sensitivity import (STRATEGY, TAU1, TAU2, BlockInputs, capture_block_inputs, classify, perplexity, sensitivity_scan)
+from spd_ref.plan import (BlockRecord, Plan, config_signature, package_versions, save_plan, weight_fingerprint)
+from spd_ref.calibration.sensitivity import (STRATEGY, TAU1, TAU2, capture_block_inputs, classify, perplexity,
+                                             sensitivity_scan)
 from spd_ref.plan import choose_blocks
 
 SAMPLES, SEQ_LEN = 8, 256  # [ours] CPU defaults: 2048 calibration tokens (the paper: 128 x 2048)
@@ -52,6 +53,8 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
               tau1: float = TAU1, tau2: float = TAU2, lr: float = LR, epochs: int = EPOCHS,
               b2b: bool = True, hg: bool = True, b2b_batch_size: int = BATCH_SIZE,
               weight_decay: float = WEIGHT_DECAY, map_samples: int = MAP_SAMPLES, batch_size: int = SCAN_BATCH,
+              hg_rule: str = RULE, holdout: float = HOLDOUT, refit: bool = False, sequential: bool = False,
+              cache_dtype: Optional[torch.dtype] = None, offload: Optional[str] = None,
               model_id: Optional[str] = None, progress: bool = True, checkpoint: Optional[Checkpoint] = None) -> Plan:
     """Calibrate an SPD plan for `model` at `tp_degree` ranks with SPD on round(ratio * L) blocks.
 
@@ -59,6 +62,8 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
     seq_len, seed, source)`. [ours] The scan measures perplexity on these calibration windows (held-out
     text stays for evaluation). The model is left as it was found (weights, TP state, SPD blocks).
     checkpoint: where finished work is kept and read back from (spd_ref.calibration.resume), or None.
+    hg_rule, holdout, refit, sequential: recovery (spd_ref.calibration.recover); cache_dtype, offload:
+    how block activations are stored (spd_ref.calibration.activations).
     """
     given = tokens is not None
     if not given:
@@ -69,23 +74,22 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
     model.eval()
     apply_tp(model, tp_degree)
     try:
-        cache = capture_block_inputs(model, tokens, batch_size, progress)
+        cache = capture_block_inputs(model, tokens, batch_size, progress, dtype=cache_dtype, offload=offload)
         keep = checkpoint or Checkpoint(None)
         scan = keep.scan(lambda: sensitivity_scan(model, cache, progress=progress))
+        # [ours] bootstrap over windows: which scores the data can resolve (one window: no interval)
+        noise = scan_intervals(scan) if tokens.shape[0] > 1 else None
         classes = classify(scan, tau1, tau2)
         chosen = choose_blocks(scan.scores, ratio)
-        records, weights = [], {}
         layers = decoder_layers(model)
-        for l in chosen:
-            strategy = _strategy(classes[l], b2b, hg)
-            record = BlockRecord(l, scan.scores[l], scan.relative[l], classes[l].value, strategy, True)
-            records.append(record)
-            if strategy == "zs":
-                continue
-            block_weights, record.hg, record.b2b = keep.block(l, lambda: recover_block(
-                model, cache, l, strategy, lr=lr, epochs=epochs, b2b_batch_size=b2b_batch_size,
-                weight_decay=weight_decay, map_samples=map_samples, seed=seed, progress=progress))
-            weights.update(block_weights)
+        strategies = {l: _strategy(classes[l], b2b, hg) for l in chosen}
+        weights, recovered = recover_blocks(
+            model, cache, strategies, sequential, checkpoint=keep, lr=lr, epochs=epochs,
+            b2b_batch_size=b2b_batch_size, weight_decay=weight_decay, map_samples=map_samples, hg_rule=hg_rule,
+            holdout=holdout, refit=refit, seed=seed, progress=progress)
+        records = [BlockRecord(l, scan.scores[l], scan.relative[l], classes[l].value, strategies[l], True,
+                               hg=recovered.get(l, (None, None))[0], b2b=recovered.get(l, (None, None))[1])
+                   for l in chosen]
         for l in sorted(set(range(len(layers))) - set(chosen)):
             records.append(BlockRecord(l, scan.scores[l], scan.relative[l], classes[l].value,
                                        _strategy(classes[l], b2b, hg), False))
@@ -98,37 +102,16 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
                 "source": "given" if given else source, "tau1": tau1, "tau2": tau2, "lr": lr,
                 "epochs": epochs, "b2b": b2b, "hg": hg, "b2b_batch_size": b2b_batch_size,
                 "weight_decay": weight_decay, "map_samples": map_samples, "scan_batch_size": batch_size,
-                "scan_text": "calibration", "suffix_ppl": scan.suffix_ppl}
+                "hg_rule": hg_rule, "b2b_holdout": holdout, "b2b_refit": refit,
+                "b2b_inputs": "sequential" if sequential else "tp",
+                "cache_dtype": str(cache_dtype or "model").removeprefix("torch."),
+                "scan_text": "calibration", "suffix_ppl": scan.suffix_ppl,
+                "scan_noise": noise and {"level": LEVEL, "draws": DRAWS, "low": noise.low, "high": noise.high,
+                                         "median_half_width": noise.median_half_width()}}
     model_id = model_id or portable_name(getattr(model.config, "_name_or_path", "") or "unknown")
     return Plan(model_id, tp_degree, len(layers),
                 config_signature(model.config), weight_fingerprint(model), scan.base_ppl, chosen,
                 sorted(records, key=lambda r: r.block), settings, package_versions(), weights)
-
-
-def recover_block(model: nn.Module, cache: BlockInputs, block: int, strategy: str, *, lr: float = LR,
-                  epochs: int = EPOCHS, b2b_batch_size: int = BATCH_SIZE, weight_decay: float = WEIGHT_DECAY,
-                  map_samples: int = MAP_SAMPLES, seed: int = 0,
-                  progress: bool = True) -> tuple[dict[str, torch.Tensor], Optional[dict], Optional[dict]]:
-    """Recover one SPD block ("b2b", "hg" or "hg+b2b") on a copy of the model's block.
-
-    Returns the copy's weights under the model's state-dict names, and the HG and B2B records (None
-    where not run); the HG record includes the block's MSE before and after HG (zero-shot SPD).
-    `cache` is the TP model's BlockInputs (sensitivity.capture_block_inputs).
-    """
-    layer, hg, b2b = trained_copy(decoder_layers(model)[block]), None, None
-    inputs, targets = cache.hidden[block], cache.hidden[block + 1]
-    if strategy.startswith("hg"):
-        layer.block_mode = BlockMode.SPD  # errors before and after HG show what HG alone changes
-        zero_shot = block_mse(layer, inputs, targets, cache.kwargs, cache.batch_size)
-        hg = head_grouping(layer, inputs, cache.kwargs, map_samples).as_dict()
-        hg["mse_zero_shot"] = zero_shot
-        hg["mse_after_hg"] = block_mse(layer, inputs, targets, cache.kwargs, cache.batch_size)
-    if strategy.endswith("b2b"):
-        b2b = distill_block(layer, inputs, targets, cache.kwargs, lr=lr, epochs=epochs, batch_size=b2b_batch_size,
-                            weight_decay=weight_decay, seed=seed, progress=progress,
-                            desc=f"B2B block {block}").as_dict()
-    prefix = block_prefix(model, block)
-    return {prefix + name: p.detach().clone() for name, p in layer.named_parameters()}, hg, b2b
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -168,6 +151,18 @@ def _parser() -> CommandParser:
     p.add_argument("--batch-size", type=count, default=SCAN_BATCH, help=f"scan windows per pass [ours] {SCAN_BATCH}")
     p.add_argument("--no-b2b", action="store_true", help="skip B2B (sensitive blocks get zero-shot SPD)")
     p.add_argument("--no-hg", action="store_true", help="skip HG (extremely sensitive blocks get B2B only)")
+    p.add_argument("--hg-rule", default=RULE, choices=RULES,
+                   help="HG: 'error' keeps a regrouping only if it lowers the block error [ours]; 'paper': max-norm")
+    p.add_argument("--b2b-holdout", type=number(float, 0, 0.99), default=HOLDOUT,
+                   help=f"fraction of windows B2B holds out to pick its epoch or refuse training [ours] {HOLDOUT}")
+    p.add_argument("--b2b-refit", action="store_true",
+                   help="after the held-out check, train again on all windows for the best epoch count [ours] off")
+    p.add_argument("--b2b-sequential", action="store_true",
+                   help="B2B inputs from the recovered SPD blocks before each block, not the TP model [ours] off")
+    p.add_argument("--cache-dtype", default="model", choices=("model", "bfloat16"),
+                   help="block activations stored in the model's dtype [ours] or bfloat16 (half the memory)")
+    p.add_argument("--cache-dir", default=None,
+                   help="keep block activations in memory-mapped files here (host disk) [ours: off, on the device]")
     p.add_argument("--eval-windows", type=number(int, 0), default=8,
                    help="held-out windows for the final perplexity check, 0 to skip [ours] 8")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model dtype [ours] float32")
@@ -176,7 +171,7 @@ def _parser() -> CommandParser:
 
 
 # Arguments that change neither the scan nor any recovered block: a checkpoint made with others still holds.
-NOT_IN_CHECKPOINT = ("out", "eval_windows", "quiet")
+NOT_IN_CHECKPOINT = ("out", "eval_windows", "quiet", "cache_dir")
 
 
 def cli(argv: list[str]) -> int:
@@ -193,8 +188,10 @@ def cli(argv: list[str]) -> int:
     plan = calibrate(model, tokenizer, args.tp, args.ratio, samples=args.samples, seq_len=args.seq_len,
                      seed=args.seed, source=args.source, tau1=args.tau1, tau2=args.tau2, lr=args.lr,
                      epochs=args.epochs, b2b=not args.no_b2b, hg=not args.no_hg, b2b_batch_size=args.b2b_batch_size,
-                     map_samples=args.map_samples, batch_size=args.batch_size, model_id=model_id,
-                     progress=not args.quiet, checkpoint=checkpoint)
+                     map_samples=args.map_samples, batch_size=args.batch_size, hg_rule=args.hg_rule,
+                     holdout=args.b2b_holdout, refit=args.b2b_refit, sequential=args.b2b_sequential,
+                     cache_dtype=None if args.cache_dtype == "model" else getattr(torch, args.cache_dtype),
+                     offload=args.cache_dir, model_id=model_id, progress=not args.quiet, checkpoint=checkpoint)
     folder = save_plan(plan, args.out)
     checkpoint.remove()
     print(plan.table())
@@ -202,6 +199,9 @@ def cli(argv: list[str]) -> int:
         print("\n" + checkpoint.summary())
     print(f"\nTP={plan.tp_degree}, ratio={args.ratio}: SPD on {len(plan.spd_blocks)}/{plan.num_blocks} blocks "
           f"{plan.spd_blocks}; calibration PPL (TP) {plan.base_ppl:.3f}")
+    if plan.settings["scan_noise"]:
+        print(f"scan noise: the median 95% interval of s_l / PPL is "
+              f"+-{plan.settings['scan_noise']['median_half_width']:.2%} (tau1 {args.tau1:.2%}); more --samples narrow it")
     if args.eval_windows > 0:
         held = heldout_tokens(tokenizer, args.seq_len, args.eval_windows)
         apply_tp(model, plan.tp_degree)

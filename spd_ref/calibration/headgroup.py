@@ -13,6 +13,12 @@ X + Y_i, the attention partial of rank i's heads. HG picks a better arrangement 
 4. the weights permuted accordingly (q/k/v rows and o_proj columns; gate/up rows and down_proj
    columns), which leaves plain TP exactly unchanged (`permute_block`).
 
+[ours] On SmolLM2 the max-norm rule of step 3 picks the worst pairing on the most sensitive blocks
+(its score correlates with the SPD block error; docs/calibration.md), so by default (rule="error")
+steps 2-3 only propose candidates, the MLP pairing is also chosen by the block error
+(spd_ref.calibration.pairing), and a candidate is applied only if it lowers the SPD block's error
+against the TP block on the calibration inputs: HG cannot make that error worse.
+
 Grouped-query attention: a query head must stay with its KV head. The allowed moves are
 (a) swapping two whole KV groups (their query heads and their k/v rows) and (b) swapping two query
 heads inside one KV group (k/v untouched). With multi-head attention (one query head per KV head)
@@ -24,15 +30,16 @@ excluded from the matching).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
-from scipy.optimize import linear_sum_assignment
 
-from spd_ref.block import mlp_partial
+from spd_ref.block import BlockMode
+from spd_ref.calibration.distill import block_mse
+from spd_ref.calibration.pairing import EXHAUSTIVE_UP_TO, assign, best_pairing, shard_output
 from spd_ref.partition import Partition
 
 MAP_SAMPLES = 4  # [ours] calibration windows used for attention maps and MLP scores
@@ -41,18 +48,22 @@ MAP_SAMPLES = 4  # [ours] calibration windows used for attention maps and MLP sc
 @dataclass
 class HeadGrouping:
     """What HG decided for one block: new position p holds old head `head_perm[p]`; rank a's MLP
-    columns are old shard `mlp_perm[a]`'s. Objectives are summed within-rank map distances."""
+    columns are old shard `mlp_perm[a]`'s. Distances are summed within-rank map distances;
+    `mlp_scores` the max-norm scores of the chosen head order; `pairing` how the MLP pairing was
+    chosen ("max-norm", "min-error", or "unchanged" when no candidate lowered the error); `candidates`
+    every candidate with its block MSE against TP (None under the paper's rule, which scores none)."""
 
     head_perm: list[int]
     mlp_perm: list[int]
     distance_before: float
     distance_after: float
     mlp_scores: list[list[float]] = field(default_factory=list)
+    rule: str = "paper"
+    pairing: str = "max-norm"
+    candidates: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"head_perm": self.head_perm, "mlp_perm": self.mlp_perm,
-                "distance_before": self.distance_before, "distance_after": self.distance_after,
-                "mlp_scores": self.mlp_scores}
+        return asdict(self)
 
 
 def _heads(layer: nn.Module) -> tuple[int, int, int]:
@@ -131,44 +142,28 @@ def group_heads(dist: torch.Tensor, partition: Partition, max_rounds: int = 1000
     return perm
 
 
-def _mlp_cols(partition: Partition, rank: int) -> slice:
-    cols = partition.shards[rank].mlp_cols
-    return slice(cols.start, cols.stop)
-
-
 @torch.no_grad()
 def mlp_match_scores(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
     """(N, N) scores: entry (a, m) is the mean token norm of MLP shard m's output on X + Y_a (+ o bias).
 
     `layer` must be under simulated TP (its o_proj returns per-rank partials Y_a).
     """
-    partition: Partition = layer.partition
-    mlp, n = layer.mlp, partition.tp_degree
+    n = layer.partition.tp_degree
     scores = torch.zeros(n, n)
     o_bias = layer.self_attn.o_proj.bias
     for x in hidden.split(1):
-        partials, _ = layer.self_attn(layer.input_layernorm(x), **kwargs)
+        partials = layer.attention_partials(x, **kwargs)
+        normed = layer.post_attention_layernorm(x + partials + (0 if o_bias is None else o_bias))
         for a in range(n):
-            local = x + partials[a] + (0 if o_bias is None else o_bias)
-            normed = layer.post_attention_layernorm(local)
             for m in range(n):
-                c = _mlp_cols(partition, m)
-                z = mlp_partial(normed, mlp.gate_proj.weight[c], mlp.up_proj.weight[c],
-                                mlp.down_proj.weight[:, c], mlp.act_fn,
-                                None if mlp.gate_proj.bias is None else mlp.gate_proj.bias[c],
-                                None if mlp.up_proj.bias is None else mlp.up_proj.bias[c])
-                scores[a, m] += z.norm(dim=-1).mean() / hidden.shape[0]
+                scores[a, m] += shard_output(layer, m, normed[a]).norm(dim=-1).mean() / hidden.shape[0]
     return scores
 
 
 def match_mlp_shards(scores: torch.Tensor, partition: Partition) -> list[int]:
-    """[ours] Hungarian assignment maximizing the summed scores; rank a gets old MLP shard result[a].
-    Shards of unequal width cannot swap, so those pairs are forbidden."""
-    width = [len(s.mlp_cols) for s in partition.shards]
-    cost = -scores.double().numpy()
-    cost = np.where(np.equal.outer(width, width), cost, np.inf)
-    rows, cols = linear_sum_assignment(cost)
-    return [int(c) for _, c in sorted(zip(rows, cols))]
+    """The paper's rule ([ours] Hungarian): the assignment maximizing the summed scores; rank a gets
+    old MLP shard result[a]. Shards of unequal width cannot swap, so those pairs are forbidden."""
+    return assign(scores, partition, maximize=True)
 
 
 def _rows(perm: list[int], size: int) -> torch.Tensor:
@@ -193,7 +188,8 @@ def permute_block(layer: nn.Module, head_perm: list[int], mlp_perm: list[int], p
         raise ValueError(f"mlp_perm={mlp_perm} is not a permutation of equal-width shards (widths {widths}).")
     attn, mlp = layer.self_attn, layer.mlp
     q_rows, kv_rows = _rows(head_perm, head_dim), _rows(kv_perm, head_dim)
-    cols = torch.cat([torch.arange(_mlp_cols(partition, m).start, _mlp_cols(partition, m).stop) for m in mlp_perm])
+    cols = torch.cat([torch.arange(partition.shards[m].mlp_cols.start, partition.shards[m].mlp_cols.stop)
+                      for m in mlp_perm])
     for linear, rows in ((attn.q_proj, q_rows), (attn.k_proj, kv_rows), (attn.v_proj, kv_rows),
                          (mlp.gate_proj, cols), (mlp.up_proj, cols)):
         linear.weight.copy_(linear.weight[rows])
@@ -203,23 +199,82 @@ def permute_block(layer: nn.Module, head_perm: list[int], mlp_perm: list[int], p
     mlp.down_proj.weight.copy_(mlp.down_proj.weight[:, cols])
 
 
-def head_grouping(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any],
-                  map_samples: int = MAP_SAMPLES) -> HeadGrouping:
-    """HG on one simulated-TP block, in place: group heads, permute, then match MLP shards and permute.
+RULES = ("error", "paper")
+RULE = "error"  # [ours] candidates kept only if they lower the block error; "paper": the max-norm rule
 
-    `hidden` are the block's calibration inputs (n, T, d) and `kwargs` its layer-call arguments for
-    one window; [ours] the first `map_samples` windows are used.
+
+@torch.no_grad()
+def spd_error(layer: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, kwargs: dict[str, Any]) -> float:
+    """MSE of `layer` run as an SPD block on `hidden` against `targets` (its mode is restored)."""
+    was, layer.block_mode = layer.block_mode, BlockMode.SPD
+    try:
+        return block_mse(layer, hidden, targets, kwargs, batch_size=1)
+    finally:
+        layer.block_mode = was
+
+
+@torch.no_grad()
+def tp_outputs(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    """The block's plain TP output on `hidden`: what HG's candidates are scored against."""
+    was, layer.block_mode = layer.block_mode, BlockMode.TP
+    try:
+        return torch.cat([layer(x, **kwargs) for x in hidden.split(1)])
+    finally:
+        layer.block_mode = was
+
+
+def _permuted(layer: nn.Module, head_perm: list[int], mlp_perm: list[int]) -> nn.Module:
+    out = copy.deepcopy(layer)
+    permute_block(out, head_perm, mlp_perm, layer.partition)
+    return out
+
+
+@torch.no_grad()
+def head_grouping(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any],
+                  map_samples: int = MAP_SAMPLES, rule: str = RULE,
+                  exhaustive_up_to: int = EXHAUSTIVE_UP_TO) -> HeadGrouping:
+    """HG on one simulated-TP block, in place.
+
+    rule="paper": group heads by their maps, then pair head groups with MLP shards by the max-norm
+    rule, unconditionally. rule="error" ([ours], default): those steps generate candidates (head
+    order: as is, or anti-clustered; MLP pairing: the max-norm one, or the one with the lowest block
+    error, pairing.best_pairing), each scored by the SPD block's MSE against the TP block on all of
+    `hidden`; the best is applied only if it beats the block as it is, so HG never raises that error.
+
+    `hidden` are the block's calibration inputs (n, T, d) and `kwargs` its layer-call arguments;
+    [ours] the first `map_samples` windows give the attention maps and the max-norm scores.
     """
     if map_samples < 1:
         raise ValueError(f"map_samples={map_samples} must be >= 1 (calibration windows for the maps).")
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r} is unknown; use 'error' (ours: keep what lowers the block error) "
+                         "or 'paper' (the max-norm MLP matching, applied unconditionally).")
     partition: Partition = layer.partition
-    hidden = hidden[:map_samples]
-    dist = head_distances(layer, hidden, kwargs)
-    identity = list(range(partition.num_heads))
-    head_perm = group_heads(dist, partition)
-    permute_block(layer, head_perm, list(range(partition.tp_degree)), partition)
-    scores = mlp_match_scores(layer, hidden, kwargs)
-    mlp_perm = match_mlp_shards(scores, partition)
+    maps = hidden[:map_samples]
+    dist = head_distances(layer, maps, kwargs)
+    identity, shards = list(range(partition.num_heads)), list(range(partition.tp_degree))
+    grouped = group_heads(dist, partition)
+    targets = tp_outputs(layer, hidden, kwargs) if rule == "error" else None
+    candidates = []  # (head_perm, mlp_perm, how the pairing was chosen, error or None, max-norm scores)
+    for head_perm in ([identity, grouped] if rule == "error" and grouped != identity else [grouped]):
+        regrouped = _permuted(layer, head_perm, shards)
+        scores = mlp_match_scores(regrouped, maps, kwargs)
+        pairings = {"max-norm": match_mlp_shards(scores, partition)}
+        if rule == "error":
+            pairings["min-error"] = best_pairing(regrouped, hidden, kwargs, exhaustive_up_to)
+        for how, mlp_perm in pairings.items():
+            error = None
+            if rule == "error":
+                error = spd_error(_permuted(regrouped, identity, mlp_perm), hidden, targets, kwargs)
+            candidates.append((head_perm, mlp_perm, how, error, scores))
+    chosen = candidates[0]
+    if rule == "error":
+        before = spd_error(layer, hidden, targets, kwargs)
+        best = min(candidates, key=lambda c: c[3])
+        chosen = best if best[3] < before else (identity, shards, "unchanged", before, candidates[0][4])
+    head_perm, mlp_perm, _, _, scores = chosen
+    permute_block(layer, head_perm, shards, partition)
     permute_block(layer, identity, mlp_perm, partition)
     return HeadGrouping(head_perm, mlp_perm, within_rank_distance(dist, identity, partition),
-                        within_rank_distance(dist, head_perm, partition), scores.tolist())
+                        within_rank_distance(dist, head_perm, partition), scores.tolist(), rule, chosen[2],
+                        [{"head_perm": c[0], "mlp_perm": c[1], "pairing": c[2], "mse": c[3]} for c in candidates])

@@ -13,9 +13,9 @@ block on its inputs from the original model, which are exactly `BlockInputs.hidd
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -23,134 +23,37 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from spd_ref.block import BlockMode
+# The activation cache lives in calibration.activations; BlockInputs, capture_block_inputs and
+# layer_call_kwargs are imported here too, where the scan's users have always found them.
+from spd_ref.calibration.activations import (BlockInputs, block_modes, capture_block_inputs, check_tokens,  # noqa: F401
+                                             layer_call_kwargs, model_device, require_tp, restore_modes)
+from spd_ref.hf import decoder_layers, set_spd_blocks
 from spd_ref.plan import num_spd_blocks
-from spd_ref.hf import SimulatedTPLayer, decoder_layers, set_spd_blocks
 
-# Layer-call arguments that carry state between calls: the scan runs each block on whole windows.
-_DROPPED_KWARGS = ("cache", "past_key_values", "past_key_value", "use_cache", "cache_position")
-
-
-class _Captured(Exception):
-    """Raised from a pre-hook on block 0 to stop the forward pass once its arguments are known."""
-
-    def __init__(self, kwargs: dict):
-        super().__init__("captured")
-        self.kwargs = kwargs
-
-
-def layer_call_kwargs(model: nn.Module, seq_len: int) -> dict[str, Any]:
-    """The keyword arguments the model passes to its decoder layers for windows of seq_len tokens.
-
-    They (rotary cos/sin, causal mask, position ids) are whatever this transformers version builds;
-    asking the model itself, and stopping at block 0, keeps us independent of its internals. They are
-    built for one window without padding, so every tensor in them broadcasts over any batch size.
-    """
-    first = decoder_layers(model)[0]
-
-    def grab(_module: nn.Module, _args: tuple, kwargs: dict) -> None:
-        raise _Captured({k: v for k, v in kwargs.items() if k not in _DROPPED_KWARGS})
-
-    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
-    dummy = torch.zeros(1, seq_len, dtype=torch.long, device=_device(model))
-    try:
-        with torch.no_grad():
-            model(input_ids=dummy, use_cache=False)
-    except _Captured as done:
-        return done.kwargs
-    finally:
-        handle.remove()
-    raise RuntimeError("the model never called its first decoder layer; is it a LLaMA-style causal LM?")
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-@dataclass
-class BlockInputs:
-    """Calibration activations of the unmodified TP model.
-
-    hidden[l] is the input of block l (n, T, d) for l < L, and hidden[L] the last block's output, so
-    the TP output of block l is hidden[l + 1]. `kwargs` are the layer-call arguments (any batch size);
-    `batch_size` is how many windows one pass takes.
-    """
-
-    tokens: torch.Tensor
-    hidden: list[torch.Tensor]
-    kwargs: dict[str, Any]
-    batch_size: int
-
-    def batches(self, l: int) -> list[tuple[slice, torch.Tensor]]:
-        n = self.hidden[l].shape[0]
-        return [(slice(i, min(i + self.batch_size, n)), self.hidden[l][i:i + self.batch_size])
-                for i in range(0, n, self.batch_size)]
-
-
-def _check_tokens(tokens: torch.Tensor, batch_size: int) -> None:
-    if tokens.dim() != 2 or tokens.shape[1] < 2 or tokens.dtype != torch.long:
-        raise ValueError(f"tokens must be a LongTensor (n_windows, seq_len >= 2); got {tuple(tokens.shape)} "
-                         f"{tokens.dtype}. Fix: use spd_ref.calibration.data.calibration_tokens or heldout_tokens.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1 (windows per forward pass).")
-
-
-def _modes(model: nn.Module) -> list[BlockMode]:
-    return [layer.block_mode for layer in decoder_layers(model)]
-
-
-def _restore(model: nn.Module, modes: list[BlockMode]) -> None:
-    for layer, mode in zip(decoder_layers(model), modes):
-        layer.block_mode = mode
-
-
-def _require_tp(model: nn.Module) -> None:
-    if not isinstance(decoder_layers(model)[0], SimulatedTPLayer):
-        raise RuntimeError("this needs a model under simulated TP. Fix: spd_ref.hf.apply_tp(model, tp_degree) "
-                           "first.")
-
-
-@torch.no_grad()
-def capture_block_inputs(model: nn.Module, tokens: torch.Tensor, batch_size: int = 4,
-                         progress: bool = True) -> BlockInputs:
-    """Run the model with every block in plain TP mode and keep the input of each block (and the last output).
-
-    The model's SPD blocks are restored afterwards. Memory: (L + 1) * n * T * d floats.
-    """
-    _check_tokens(tokens, batch_size)
-    _require_tp(model)
-    layers, was = decoder_layers(model), _modes(model)
-    tokens = tokens.to(_device(model))
-    kwargs = layer_call_kwargs(model, tokens.shape[1])
-    cache = BlockInputs(tokens, [], kwargs, batch_size)
-    set_spd_blocks(model, [])
-    try:
-        h = model.get_input_embeddings()(tokens)
-        cache.hidden.append(h)
-        for layer in tqdm(layers, desc="capture block inputs", disable=not progress, leave=False):
-            h = torch.cat([layer(x, **cache.kwargs) for x in h.split(cache.batch_size)])
-            cache.hidden.append(h)
-    finally:
-        _restore(model, was)
-    return cache
-
-
-def _head_nll(model: nn.Module, last_hidden: torch.Tensor, tokens: torch.Tensor) -> float:
-    """Summed next-token negative log-likelihood from the last block's output (final norm + lm_head)."""
+def _head_nll(model: nn.Module, last_hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Next-token negative log-likelihood of each window (summed over its positions) from the last
+    block's output (final norm + lm_head): shape (B,)."""
     logits = model.get_output_embeddings()(model.model.norm(last_hidden)).float()
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum").item()
+    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+    return nll.view(tokens.shape[0], -1).sum(1)
 
 
 @torch.no_grad()
-def suffix_perplexity(model: nn.Module, cache: BlockInputs, start: int) -> float:
-    """Perplexity of the calibration windows when blocks start..L-1 run as the model is set now and
-    blocks before `start` are taken from the cache (the plain TP model's activations)."""
+def suffix_window_nll(model: nn.Module, cache: BlockInputs, start: int) -> torch.Tensor:
+    """Summed NLL of each calibration window (n,) when blocks start..L-1 run as the model is set now
+    and blocks before `start` are taken from the cache (the plain TP model's activations)."""
     layers = decoder_layers(model)
-    nll = 0.0
+    out = []
     for rows, h in cache.batches(start):
         for layer in layers[start:]:
             h = layer(h, **cache.kwargs)
-        nll += _head_nll(model, h, cache.tokens[rows])
-    return math.exp(nll / cache.tokens[:, 1:].numel())
+        out.append(_head_nll(model, h, cache.tokens[rows]).cpu().double())
+    return torch.cat(out)
+
+
+def suffix_perplexity(model: nn.Module, cache: BlockInputs, start: int) -> float:
+    """Perplexity of the calibration windows with blocks before `start` from the cache (suffix_window_nll)."""
+    return math.exp(suffix_window_nll(model, cache, start).sum().item() / cache.tokens[:, 1:].numel())
 
 
 @torch.no_grad()
@@ -160,8 +63,8 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, batch_size: int = 4, prog
     Works for any causal LM (plain, simulated TP/SPD, with or without a plan); the logits of one batch
     at a time keep memory at batch_size * T * vocab floats.
     """
-    _check_tokens(tokens, batch_size)
-    tokens = tokens.to(_device(model))
+    check_tokens(tokens, batch_size)
+    tokens = tokens.to(model_device(model))
     nll = 0.0
     for batch in tqdm(tokens.split(batch_size), desc="perplexity", disable=not progress, leave=False):
         logits = model(input_ids=batch, use_cache=False).logits.float()
@@ -174,12 +77,16 @@ class SensitivityScan:
     """Result of the back-to-front scan (METHOD.md s.3).
 
     base_ppl: the TP model (no SPD block). suffix_ppl[l]: SPD on blocks l..L-1 (suffix_ppl[L] = base_ppl).
-    scores[l] = suffix_ppl[l] - suffix_ppl[l + 1]: the perplexity block l adds.
+    scores[l] = suffix_ppl[l] - suffix_ppl[l + 1]: the perplexity block l adds. window_nll[l]: each
+    window's summed NLL under suffix l, and tokens_per_window, for the scan's noise
+    (spd_ref.calibration.noise).
     """
 
     base_ppl: float
     suffix_ppl: list[float]
     scores: list[float]
+    window_nll: list[list[float]] = field(default_factory=list)
+    tokens_per_window: int = 0
 
     @property
     def relative(self) -> list[float]:
@@ -195,23 +102,26 @@ def sensitivity_scan(model: nn.Module, cache: BlockInputs, mode: BlockMode = Blo
     Block l's input is always the plain TP model's (cached): SPD only on l..L-1 leaves blocks 0..l-1
     unchanged. The model's SPD blocks are restored afterwards.
     """
-    _require_tp(model)
-    layers, was = decoder_layers(model), _modes(model)
+    require_tp(model)
+    layers, was = decoder_layers(model), block_modes(model)
     num = len(layers)
     if len(cache.hidden) != num + 1:
         raise ValueError(f"the cache holds {len(cache.hidden)} activations but the model has {num} blocks "
                          f"(expected {num + 1}). Fix: capture_block_inputs with this model.")
-    suffix = [0.0] * (num + 1)
-    suffix[num] = suffix_perplexity(model, cache, num)
+    count = cache.tokens.shape[1] - 1
+    nll = [torch.zeros(0)] * (num + 1)
+    nll[num] = suffix_window_nll(model, cache, num)
     bar = tqdm(reversed(range(num)), total=num, desc="sensitivity scan", disable=not progress)
     try:
         for l in bar:
             set_spd_blocks(model, range(l, num), mode)
-            suffix[l] = suffix_perplexity(model, cache, l)
-            bar.set_postfix(block=l, ppl=f"{suffix[l]:.3f}")
+            nll[l] = suffix_window_nll(model, cache, l)
+            bar.set_postfix(block=l, ppl=f"{math.exp(nll[l].mean().item() / count):.3f}")
     finally:
-        _restore(model, was)
-    return SensitivityScan(suffix[num], suffix, [suffix[l] - suffix[l + 1] for l in range(num)])
+        restore_modes(model, was)
+    suffix = [math.exp(x.mean().item() / count) for x in nll]
+    return SensitivityScan(suffix[num], suffix, [suffix[l] - suffix[l + 1] for l in range(num)],
+                           [x.tolist() for x in nll], count)
 
 
 class BlockClass(str, Enum):
@@ -224,15 +134,17 @@ class BlockClass(str, Enum):
 
 STRATEGY = {BlockClass.INSENSITIVE: "zs", BlockClass.SENSITIVE: "b2b", BlockClass.EXTREME: "hg+b2b"}
 
-TAU1 = 0.005  # [ours] 0.5% of the base perplexity per block
+TAU1 = 0.02   # [ours] 2% of the base perplexity per block: above the scan's noise at 8 x 256 tokens
+#               (bootstrap 95% half-widths of SmolLM2's near-zero blocks at TP 4: median 1.6%; docs/calibration.md)
 TAU2 = 0.05   # [ours] 5% of the base perplexity per block
 
 
 def classify(scan: SensitivityScan, tau1: float = TAU1, tau2: float = TAU2) -> list[BlockClass]:
     """Class of every block from its relative score s_l / PPL_base.
 
-    [ours] tau1 = 0.005 and tau2 = 0.05 are relative perplexity increases per block (the paper gives
+    [ours] tau1 = 0.02 and tau2 = 0.05 are relative perplexity increases per block (the paper gives
     no values); relative, so that one pair of thresholds means the same for any model and text.
+    tau1 sits above the scan's noise at calibrate's default 8 x 256 tokens (spd_ref.calibration.noise).
     Negative thresholds are allowed (e.g. tau2 < 0 sends every block to HG + B2B).
     """
     if not tau1 < tau2:

@@ -68,7 +68,7 @@ def plot_head_grouping(dist: torch.Tensor, head_perm: Sequence[int], mlp_perm: S
     fig.colorbar(image, ax=axes[1], shrink=0.8)
     scores = np.array(mlp_scores)
     image = axes[2].imshow(scores, cmap="magma")
-    axes[2].plot(list(mlp_perm), range(len(mlp_perm)), "c*", ms=14, label="chosen (Hungarian)")
+    axes[2].plot(list(mlp_perm), range(len(mlp_perm)), "c*", ms=14, label="chosen pairing")
     axes[2].set(xlabel="MLP shard m", ylabel="rank a (its head group)", xticks=range(len(scores)),
                 yticks=range(len(scores)), title="mean ||MLP_m(Norm(X + Y_a))||")
     axes[2].legend(fontsize=7, loc="lower right")

@@ -18,12 +18,10 @@ from functools import lru_cache
 
 import datasets
 
+from spd_ref.calibration.data import SENTENCE_END, calibration_sentences
+
 from .shipped import SEED, as_dataset, interleave
 
-# Sentence ends: ., ! or ? then space and a capital or quote, except after initials ("J. R. R.")
-# and common abbreviations. Approximate, but Wikipedia prose is regular enough for it.
-_ABBREV = r"(?<!\b[A-Z]\.)(?<!\bMr\.)(?<!\bMrs\.)(?<!\bDr\.)(?<!\bSt\.)(?<!\bvs\.)(?<!\bNo\.)(?<!\bc\.)"
-_SENTENCE_END = re.compile(_ABBREV + r"(?<=[.!?])\s+(?=[\"'(]?[A-Z])")
 _WORD = re.compile(r"[A-Za-z]{3,}")  # a target word: letters only, at least 3
 _NOT_PROSE = ("*", "|", "{", "!", ":", ";", "#")
 
@@ -35,7 +33,7 @@ def prose_paragraphs(text: str) -> list[list[str]]:
         line = line.strip()
         if line.startswith(_NOT_PROSE) or not line.endswith((".", "!", "?")) or len(line.split()) < 12:
             continue
-        paragraphs.append([s.strip() for s in _SENTENCE_END.split(line) if s.strip()])
+        paragraphs.append([s.strip() for s in SENTENCE_END.split(line) if s.strip()])
     return paragraphs
 
 
@@ -46,14 +44,7 @@ def _heldout() -> list[tuple[str, str]]:
 
 
 def _sentences(text: str) -> list[str]:
-    return [s.strip() for line in text.split("\n") for s in _SENTENCE_END.split(line.strip()) if s.strip()]
-
-
-@lru_cache(maxsize=None)
-def _calibration_sentences(min_words: int = 6) -> frozenset[str]:
-    from spd_ref.calibration.data import article_split
-
-    return frozenset(s for _, text in article_split()[0] for s in _sentences(text) if len(s.split()) >= min_words)
+    return [s.strip() for line in text.split("\n") for s in SENTENCE_END.split(line.strip()) if s.strip()]
 
 
 def shares_calibration_text(text: str, min_words: int = 6) -> bool:
@@ -62,7 +53,7 @@ def shares_calibration_text(text: str, min_words: int = 6) -> bool:
     The split is by article, but Wikipedia articles quote each other (a held-out "Art" shares
     sentences with a calibration article), so items with such a sentence are dropped too.
     """
-    calibration = _calibration_sentences(min_words)
+    calibration = calibration_sentences(min_words)
     return any(s in calibration for s in _sentences(text) if len(s.split()) >= min_words)
 
 
