@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # The scale study of issue 13: zero-shot SPD sweeps of the offline models (results/scale/README.md).
 # Resumable: rerun this script (or one lane of it) and every finished piece (sensitivity scan, scored
-# setting) is read back from results/scale/MODEL/store instead of computed again. A setting is keyed
-# by its blocks, not by --steps, so the coarse pass's ratios (0, 0.5, 1) are reused by the fine pass.
+# setting) is read back from results/scale/MODEL/store instead of computed again; the rows file of a
+# TP degree is rewritten with every setting of the run, finished ones first. Ratios are scored in the
+# order 0, 0.5, 1, 0.25, 0.75 (the coarse curve first).
 # Run from the repository root:  bash results/scale/run.sh [smollm2|qwen0.5|qwen1.5]  (default: the
 # first two lanes side by side, one core each; never two Qwen models at once: the sweep holds the 1.5B
 # in fp32 plus a bf16 copy for scoring, about 10.5 GB of weights alone (an estimate, not measured)).
 set -euo pipefail
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TQDM_DISABLE=1
 PY=${PY:-python}
-run() {  # MODEL TP STEPS
-    nice -n 10 "$PY" -m spd_ref sweep --model "$1" --tp "$2" --steps "$3" --strategies zs --out "results/scale/$1"
+run() {  # MODEL TP
+    nice -n 10 "$PY" -m spd_ref sweep --model "$1" --tp "$2" --ratios 0,0.5,1,0.25,0.75 --strategies zs \
+        --out "results/scale/$1"
 }
-lane() {  # MODEL TP...: ratios 0, 0.5, 1 at every TP degree first, then 0.25 and 0.75
+lane() {  # MODEL TP...
     local model=$1; shift
-    for steps in 2 4; do for tp in "$@"; do run "$model" "$tp" "$steps"; done; done
+    for tp in "$@"; do run "$model" "$tp"; done
 }
 # TP degrees: the one the heads divide into first (SmolLM2: 9 heads -> 3; Qwen2.5-0.5B: 14 -> 2), then 4.
 case "${1:-both}" in
