@@ -97,7 +97,9 @@ class TPContext:
             if why:
                 raise ValueError(f"--allreduce oneshot is not available here: {why}. "
                                    "Fix: --allreduce nccl")
+            os.environ["TORCH_SYMM_MEM_DISABLE_MULTICAST"] = "1"  # unset means allowed: never NVLink multicast
             import torch.distributed._symmetric_memory as symm_mem
+
 
             numel = max_bytes // torch.empty((), dtype=dtype).element_size()
             buf = symm_mem.empty(numel, dtype=dtype, device=self.device)
@@ -128,7 +130,7 @@ def oneshot_unavailable(ctx: TPContext) -> Optional[str]:
     if os.environ.get("NCCL_P2P_DISABLE", "0") == "1":
         return ("NCCL_P2P_DISABLE=1 (--p2p off) stands for a machine without GPU peer links, and the "
                 "one-shot all-reduce reads its peers' memory over them")
-    if os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1") != "1":  # never NVLink multicast
+    if os.environ.get("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1") != "1":  # never NVLink multicast
         return "TORCH_SYMM_MEM_DISABLE_MULTICAST is not 1, and this project never uses NVLink multicast"
     peers = [d for d in range(torch.cuda.device_count()) if d != ctx.device.index]
     if not all(torch.cuda.can_device_access_peer(ctx.device.index, d) for d in peers):
