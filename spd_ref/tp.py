@@ -95,11 +95,9 @@ class TPContext:
         if kind == "oneshot" and self.world_size > 1 and dtype not in self.oneshot_buffers:
             why = oneshot_unavailable(self)
             if why:
-                raise ValueError(f"--allreduce oneshot is not available here: {why}. "
-                                   "Fix: --allreduce nccl")
+                raise ValueError(f"--allreduce oneshot is not available here: {why}. Fix: --allreduce nccl")
             os.environ["TORCH_SYMM_MEM_DISABLE_MULTICAST"] = "1"  # unset means allowed: never NVLink multicast
             import torch.distributed._symmetric_memory as symm_mem
-
 
             numel = max_bytes // torch.empty((), dtype=dtype).element_size()
             buf = symm_mem.empty(numel, dtype=dtype, device=self.device)
