@@ -13,6 +13,7 @@
 #   bash scripts/gpu_sweep.sh h2a    # 2 H200s: 7B TP 2 nccl vs oneshot beside the minimal loop
 #   bash scripts/gpu_sweep.sh h2b    # 2 H200s: 7B TP 2 (nccl, oneshot; P2P off), TP 1, the peer at TP 2
 #   bash scripts/gpu_sweep.sh h2c    # 2 H200s: GPU equality check (nccl, oneshot), 7B cache 2048, 13B TP 2 and TP 1
+#   bash scripts/gpu_sweep.sh h2d    # 2 H200s: where a TP-2 shard's time goes; attention and inductor settings; TP 2 with the best
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -109,6 +110,22 @@ peer() {
   step "peer-tp$nproc" "$step_s" --nproc "$nproc" --p2p on --module spd_ref.latency.peer --shape llama2-7b \
     --checkpoint "$PEER_DIR" --batch "$batches" --ctx 512 --compile try --compile-batches 1 --repeats 50 --warmup 5 \
     --out "$JSONL" --tag "sweep-$PHASE"
+}
+
+# two NAME MAX_SECONDS "CMD ON GPU 0" "CMD ON GPU 1": two one-GPU commands side by side (each a
+# string of words: `env K=V ... python3 ...`), under the phase budget; each writes where it says.
+two() {
+  local name=$1 max=$2 left=$(( BUDGET_S - SECONDS ))
+  if (( left < 30 )); then
+    echo "=== $name: SKIPPED, ${left} s left"; STATUS+=("$name: skipped (budget)"); return 0
+  fi
+  local limit=$(( max < left ? max : left )) t0=$SECONDS rc0 rc1
+  echo "=== $name: start at ${SECONDS} s, limit ${limit} s"
+  CUDA_VISIBLE_DEVICES=0 timeout "$limit" $3 & local p0=$!
+  CUDA_VISIBLE_DEVICES=1 timeout "$limit" $4 & local p1=$!
+  wait $p0; rc0=$?; wait $p1; rc1=$?
+  echo "=== $name: rc=$rc0,$rc1, $(( SECONDS - t0 )) s"
+  STATUS+=("$name: rc=$rc0,$rc1, $(( SECONDS - t0 )) s")
 }
 
 finish() {
@@ -224,6 +241,28 @@ case "$PHASE" in
     step tp2-13b 120 --nproc 2 --p2p on "${R[@]}" --shape llama2-13b --ctx 512 --allreduce nccl,oneshot
     step tp1-13b 60 --nproc 1 "${R[@]}" --shape llama2-13b --ctx 512
     ;;
+  h2d)
+    # Two H200s (issue 11, the compute between the sync points): the kernels of a TP-2 shard's decode
+    # step (profiler, 8 layers, attention sdpa | math), then the TP-2 shard floor (32 layers, one GPU
+    # each, side by side) for attention sdpa | math, without and with inductor's coordinate-descent
+    # tuning; then TP 2 on both GPUs (nccl, oneshot; SPD 0, 1; floor; batch 1, 16) with the fastest
+    # floor's setting, and with the default setting too when that is not it (same call).
+    P="$PYTHON scripts/profile_decode.py --shard-of 2 --layers 8"
+    two profile 150 "$P --attention sdpa --out $OUT/profile_h2d_sdpa.txt" "$P --attention math --out $OUT/profile_h2d_math.txt"
+    F="$PYTHON -m spd_ref bench --shard-of 2 --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --ctx 512 --batch 1,16 --tag h2d-floor"
+    CDT="env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1"
+    two floor 150 "$F --attention sdpa --out $OUT/h2d_g0.jsonl" "$F --attention math --out $OUT/h2d_g1.jsonl"
+    two floor-cdt 200 "$CDT $F --attention sdpa --out $OUT/h2d_g0.jsonl" "$CDT $F --attention math --out $OUT/h2d_g1.jsonl"
+    cat "$OUT"/h2d_g*.jsonl >> "$JSONL" 2>/dev/null; rm -f "$OUT"/h2d_g*.jsonl
+    read -r ATT TUNE < <("$PYTHON" scripts/sweep_summary.py --best-floor "$JSONL" || echo "sdpa 0")
+    echo "=== fastest TP-2 shard floor at batch 1: attention $ATT, coordinate-descent tuning $TUNE"
+    T=(bench --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --ctx 512 --batch 1,16
+       --spd-ratios 0,1 --allreduce nccl,oneshot --out "$JSONL" --tag h2d)
+    TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=$TUNE step "tp2-$ATT-cdt$TUNE" 200 --nproc 2 --p2p on "${T[@]}" --attention "$ATT"
+    if [[ "$ATT $TUNE" != "sdpa 0" ]]; then
+      step tp2-sdpa-cdt0 200 --nproc 2 --p2p on "${T[@]}" --attention sdpa
+    fi
+    ;;
   smoke)
     # 2-layer models: every code path (compiled + graphs, eager + graphs, GQA, P2P off, the peer) and
     # the compile time of one block (compile_s in the rows), in about 3 minutes.
@@ -237,6 +276,6 @@ case "$PHASE" in
       --out "$JSONL" --tag smoke
     ;;
   *)
-    echo "unknown phase $PHASE: use a, b, c, d, e, h2a, h2b, h2c, peer, tune, head or smoke"; exit 2 ;;
+    echo "unknown phase $PHASE: use a, b, c, d, e, h2a, h2b, h2c, h2d, peer, tune, head or smoke"; exit 2 ;;
 esac
 finish

@@ -30,13 +30,14 @@ def compact(rows: list[dict]) -> list[dict]:
         if t["impl"] != "spd_ref":
             continue
         setting = (t["shape"], t["tp"], t["p2p"], t["batch"], t["ctx"])
-        key = setting + (t["allreduce"],)
+        key = setting + (t["compute"], t["allreduce"])
         if t["spd_ratio"] == 0:
             base[key] = t["ms"]
         if t["spd_ratio"] == 1 or (t["tp"] == 1 and t["spd_ratio"] == 0):
             nccl = t["allreduce"] == "nccl"
             out.append(dict(shape=t["shape"], tp=t["tp"], p2p=t["p2p"] if t["tp"] > 1 else None, batch=t["batch"],
                             ctx=t["ctx"], allreduce=t["allreduce"] if t["tp"] > 1 else None, compiled=t["compiled"],
+                            compute=t["compute"],
                             base=base.get(key), spd100=t["ms"] if t["tp"] > 1 else None, floor=t["floor_ms"],
                             saving=t["saving"] if t["tp"] > 1 else None, comm_share=t["comm_share"],
                             eff_ar=t["eff_ar"], eff_floor=t["eff_floor"],
@@ -46,9 +47,10 @@ def compact(rows: list[dict]) -> list[dict]:
 
 
 def _line(lines: list[dict], **where) -> dict | None:
+    """The 7B cache-512 compiled line matching `where`; of several compute settings, the fastest baseline."""
     hits = [ln for ln in lines if ln["shape"] == "llama2-7b" and ln["ctx"] == 512 and ln["compiled"]
-            and all(ln[k] == v for k, v in where.items())]
-    return hits[-1] if hits else None
+            and "shard" not in ln["compute"] and all(ln[k] == v for k, v in where.items())]
+    return min(hits, key=lambda ln: ln["base"] or float("inf")) if hits else None
 
 
 def _under(a: dict | None, a_col: str, b: dict | None, b_col: str) -> float | None:
@@ -106,7 +108,21 @@ def check_targets(lines: list[dict]) -> list[str]:
     return out
 
 
+def best_floor(rows: list[dict]) -> str:
+    """`ATTENTION TUNING` of the fastest one-GPU shard floor at batch 1 (gpu_sweep.sh h2d picks with it):
+    the attention implementation and 1/0 for inductor's coordinate-descent tuning."""
+    floors = [r for r in rows if r.get("kind") == "decode" and r.get("shard_proxy") and r["batch"] == 1]
+    if not floors:
+        raise SystemExit("sweep_summary --best-floor: no shard-floor rows at batch 1")
+    best = min(floors, key=lambda r: r["ms_median"])
+    tuned = (best.get("inductor") or {}).get("TORCHINDUCTOR_COORDINATE_DESCENT_TUNING") == "1"
+    return f"{best.get('attention') or 'sdpa'} {int(tuned)}"
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--best-floor"]:
+        print(best_floor(load_rows(argv[1:])))
+        return 0
     rows = load_rows(argv)
     if not rows:
         print("sweep_summary: no rows")
@@ -121,8 +137,8 @@ def main(argv: list[str]) -> int:
     lines = compact(rows)
     print_section("\ndecode ms/token, ctx as measured (median); eff_ar: vs microbenchmark all-reduces, "
                   "eff_floor: vs (baseline - floor) share:", lines,
-                  [("shape", ""), ("tp", ""), ("p2p", ""), ("batch", ""), ("ctx", ""), ("allreduce", ""),
-                   ("base", ".3f"), ("spd100", ".3f"), ("floor", ".3f"), ("saving", ".1%"), ("comm_share", ".0%"),
+                  [("shape", ""), ("tp", ""), ("p2p", ""), ("batch", ""), ("ctx", ""), ("compute", ""),
+                   ("allreduce", ""), ("base", ".3f"), ("spd100", ".3f"), ("floor", ".3f"), ("saving", ".1%"), ("comm_share", ".0%"),
                    ("eff_ar", ".2f"), ("eff_floor", ".2f"), ("consistent", ""), ("peer", ".3f")])
     if lines:
         print("\ntargets (issue 11: 7B, cache 512, compiled + CUDA graph, 2 x H200 NVLink):")

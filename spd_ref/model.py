@@ -31,6 +31,8 @@ from spd_ref.tp import TPContext, skip_sync
 
 LM_HEAD_MODES = ("split", "replicated")
 DEFAULT_LM_HEAD = "split"  # [ours] see the module docstring; measured in results/h100_x2/README.md
+ATTENTION_IMPLS = ("sdpa", "math")
+DEFAULT_ATTENTION = "sdpa"  # [ours] measured against "math" in results/h200_x2/README.md
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -44,10 +46,32 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
+def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+              impl: str = DEFAULT_ATTENTION) -> torch.Tensor:
+    """Softmax attention of q (B, Hq, T, hd) over the cache (B, Hkv, S, hd); query head h reads KV
+    head h // (Hq / Hkv); mask (1, 1, T, S) is True where a key may be read.
+
+    "sdpa" calls the library kernel. "math" spells it out (fp32 scores and softmax, as the fused
+    kernels compute internally) so the compiler generates and fuses its own kernels: for one decode
+    token the library kernel's fixed cost and its mask preparation can outweigh the arithmetic.
+    """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention {impl!r}: unknown. Fix: use one of {', '.join(ATTENTION_IMPLS)}")
+    if impl == "sdpa":
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
+                                              enable_gqa=q.shape[1] != keys.shape[1])
+    b, hq, t, hd = q.shape
+    n_kv, s = keys.shape[1], keys.shape[2]
+    grouped = q.float().reshape(b, n_kv, hq // n_kv * t, hd)  # a KV head's query heads side by side
+    scores = (grouped @ keys.float().transpose(-1, -2) * hd ** -0.5).view(b, n_kv, -1, t, s)
+    probs = scores.masked_fill(~mask[:, :, None], float("-inf")).softmax(-1).view(b, n_kv, -1, s)
+    return (probs @ values.float()).view(b, hq, t, hd).to(q.dtype)
+
+
 def block_forward(x: torch.Tensor, w: dict, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor,
                   mode: BlockMode, sync: Callable, act: Callable, eps: float, gqa: str,
-                  kv_index: Optional[torch.Tensor]) -> torch.Tensor:
+                  kv_index: Optional[torch.Tensor], attn_impl: str = DEFAULT_ATTENTION) -> torch.Tensor:
     """One block on one rank: x (B, T, d) -> block output (B, T, d); updates the KV cache in place."""
     b, t, _ = x.shape
     hd, n_kv = k_cache.shape[-1], k_cache.shape[1]
@@ -60,7 +84,7 @@ def block_forward(x: torch.Tensor, w: dict, k_cache: torch.Tensor, v_cache: torc
     keys, values = k_cache, v_cache
     if gqa == "index":  # uneven GQA split: each local query head picks its KV head
         keys, values = keys.index_select(1, kv_index), values.index_select(1, kv_index)
-    attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=gqa == "grouped")
+    attn = attention(q, keys, values, mask, attn_impl)
     attn = attn.transpose(1, 2).reshape(b, t, -1)
     partial = F.linear(attn, w["o_w"])[None]  # (R=1, B, T, d): this rank's o_proj partial, no bias
 
@@ -90,6 +114,7 @@ class TPTransformer(nn.Module):
         self.embed, self.final_norm, self.lm_head = embed, final_norm, lm_head
         self.lm_head_shard = vocab_shard(lm_head, ctx.rank, ctx.world_size)
         self.lm_head_mode = DEFAULT_LM_HEAD  # checked by the setter below
+        self.attention = DEFAULT_ATTENTION  # "sdpa" or "math": see attention()
         self.act, self.eps = ACT2FN[config.hidden_act], config.rms_norm_eps
         group = config.num_attention_heads // self.partition.num_kv_heads
         kv_of_q = [h // group - shard.kv_heads.start for h in shard.q_heads]
@@ -215,7 +240,7 @@ class TPTransformer(nn.Module):
         sync = skip_sync if self.comm == "none" else self.ctx.sync
         for w, (kc, vc), mode in zip(self.blocks, self.caches, self.block_modes):
             x = self._block_fn(x, w, kc, vc, cos, sin, input_pos, mask, mode, sync, self.act, self.eps,
-                               self.gqa, self.kv_index)
+                               self.gqa, self.kv_index, self.attention)
         return self._logits(rms_norm(x, self.final_norm, self.eps))
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:

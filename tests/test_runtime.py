@@ -6,7 +6,7 @@ import torch
 from conftest import random_model, tiny_config, torchrun
 from spd_ref.hf import apply_tp, remove_tp
 from spd_ref.models import load_model
-from spd_ref.model import TPTransformer
+from spd_ref.model import TPTransformer, attention
 from spd_ref.tp import init_distributed
 
 STEPS = 8
@@ -33,13 +33,15 @@ def assert_same(run_logits, run_tokens, prefill, steps, tokens):
     assert run_tokens == tokens.tolist()
 
 
-@pytest.mark.parametrize("blocks", [[], [0, 2]])
-def test_single_process_runtime_matches_simulated(blocks):
-    model = random_model(tiny_config(bias=True))
+@pytest.mark.parametrize("blocks, attention, kv_heads", [
+    ([], "sdpa", 4), ([0, 2], "sdpa", 4), ([0, 2], "math", 4), ([0, 2], "math", 2)])
+def test_single_process_runtime_matches_simulated(blocks, attention, kv_heads):
+    model = random_model(tiny_config(bias=True, kv_heads=kv_heads))
     ids = torch.randint(0, 256, (1, 11))
     prefill, steps, tokens = simulated_logits(model, ids, 1, blocks)
     rt = TPTransformer.from_hf(model.config, model.state_dict(), init_distributed())
     rt.set_spd_blocks(blocks)
+    rt.attention = attention
     got_tokens, got = rt.generate(ids, STEPS)
     assert_same(got, got_tokens[0].tolist(), prefill, steps, tokens)
 
@@ -71,6 +73,19 @@ def test_torchrun_matches_simulated_smollm2(smollm2, tmp_path, blocks):
     ids = tok(prompt, return_tensors="pt").input_ids
     assert_same(saved["logits"], saved["tokens"], *simulated_logits(model, ids, 3, blocks))
     assert "sync points per token" in done.stdout
+
+
+@pytest.mark.parametrize("n_kv", [6, 3, 2, 1])
+@pytest.mark.parametrize("t", [1, 4])
+def test_math_attention_equals_sdpa(n_kv, t):
+    g = torch.Generator().manual_seed(n_kv * 10 + t)
+    q = torch.randn(2, 6, t, 8, generator=g)
+    keys, values = (torch.randn(2, n_kv, 9, 8, generator=g) for _ in range(2))
+    mask = torch.ones(9, 9, dtype=torch.bool).tril()[9 - t:][None, None]  # the last t positions, causal
+    want = attention(q, keys, values, mask, "sdpa")
+    assert (attention(q, keys, values, mask, "math") - want).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="'flash'.*sdpa, math"):
+        attention(q, keys, values, mask, "flash")
 
 
 def test_vocab_shards_cover_the_head_once():

@@ -59,7 +59,7 @@ from spd_ref.latency.consistency import check_row
 from spd_ref.latency.schema import RowWriter, make_row, run_metadata
 from spd_ref.latency.timing import graphed, ranks_agree, run_then_exit, summarize, time_calls
 from spd_ref.latency.workload import DTYPES, SHAPES, blocks_for_ratio, llama_config, parse_list
-from spd_ref.model import DEFAULT_LM_HEAD, LM_HEAD_MODES, TPTransformer
+from spd_ref.model import ATTENTION_IMPLS, DEFAULT_ATTENTION, DEFAULT_LM_HEAD, LM_HEAD_MODES, TPTransformer
 from spd_ref.tp import ALLREDUCE_KINDS, DEFAULT_ALLREDUCE, TPContext
 
 # ---- the model -----------------------------------------------------------------------------------
@@ -88,7 +88,8 @@ def bench_model(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> 
     cfg, dev = model.config, ctx.device
     gen = torch.Generator(device=dev).manual_seed(args.seed)
     base = dict(impl="spd_ref", shape=shape, layers=cfg.num_hidden_layers, hidden=cfg.hidden_size,
-                cuda_graph=dev.type == "cuda", tag=args.tag, lm_head=model.lm_head_mode)
+                cuda_graph=dev.type == "cuda", tag=args.tag, lm_head=model.lm_head_mode,
+                attention=model.attention)
 
     def row(kind: str, ratio: Optional[float], blocks: list[int], times: list[float], **kw) -> dict:
         med, p90 = summarize(times)
@@ -161,7 +162,7 @@ def build_model(ctx, shape: str, args):
         model, label = TPTransformer.from_hf(config, state, ctx, dtype), folder.name
     else:
         model, label = TPTransformer.random(llama_config(shape, args.layers), ctx, dtype, seed=args.seed), shape
-    model.lm_head_mode = args.lm_head
+    model.lm_head_mode, model.attention = args.lm_head, args.attention
     return model, label
 
 
@@ -228,6 +229,8 @@ def parser() -> argparse.ArgumentParser:
     a("--lm-head", choices=LM_HEAD_MODES, default=DEFAULT_LM_HEAD,
       help="[ours: split] split = vocab-parallel lm_head + one all-gather of the logits; "
            "replicated = every rank reads the whole head, no collective")
+    a("--attention", choices=ATTENTION_IMPLS, default=DEFAULT_ATTENTION,
+      help=f"[ours: {DEFAULT_ATTENTION}] decode attention: sdpa = the library kernel, math = spelled out for the compiler")
     a("--shard-of", type=number(int, 1), default=1, metavar="N",
       help="one process, no torchrun: time rank 0's shard of a TP-N model with no communication "
            "(the per-GPU compute of TP N on one GPU; floor rows only, shard_proxy=true)")

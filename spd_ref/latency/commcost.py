@@ -77,10 +77,19 @@ def interpolate_ar(rows: Iterable[dict], tp: int, p2p: bool, nbytes: float, kind
     return float(np.interp(nbytes, xs, ys))
 
 
+def compute_label(r: dict) -> str:
+    """How a row's compute was built: attention implementation, inductor settings given by environment,
+    and "shard" for a one-GPU shard proxy (bench --shard-of), e.g. "sdpa", "math+COORDINATE_DESCENT_TUNING=1"."""
+    parts = [r.get("attention") or "sdpa"]
+    parts += [f"{k.replace('TORCHINDUCTOR_', '')}={v}" for k, v in sorted((r.get("inductor") or {}).items())]
+    return "+".join(parts + (["shard"] if r.get("shard_proxy") else []))
+
+
 def _group_key(r: dict) -> tuple:
-    """(impl, shape, tp, p2p, batch, ctx, compiled, layers): one decode setting, whatever the all-reduce."""
+    """(impl, shape, tp, p2p, batch, ctx, compiled, layers, compute): one decode setting, whatever the
+    all-reduce."""
     return (r.get("impl") or "spd_ref", r["shape"], r["tp"], r["p2p"], r["batch"], r["ctx"], r["compiled"],
-            r.get("layers"))
+            r.get("layers"), compute_label(r))
 
 
 def decode_groups(rows: Iterable[dict]) -> dict[tuple, dict]:
@@ -131,6 +140,7 @@ def saving_table(rows: list[dict]) -> list[dict]:
                          if removed and floor_comm and trusted else None)
             out.append(dict(impl=key[0], shape=r["shape"], tp=r["tp"], p2p=r["p2p"], batch=r["batch"],
                             ctx=r["ctx"], compiled=r["compiled"], allreduce=key[-1], spd_ratio=ratio,
+                            compute=key[-2],
                             syncs=r["sync_points_per_token"], ms=r["ms_median"], p90=r["ms_p90"],
                             floor_ms=floor["ms_median"] if floor else None, saving=saved / base["ms_median"],
                             comm_share=share, eff_ar=eff_ar, eff_floor=eff_floor,

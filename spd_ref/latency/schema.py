@@ -25,14 +25,17 @@ def run_metadata(ctx, dtype: torch.dtype) -> dict:
             "shard_proxy": True if shard_proxy else None, "torch": torch.__version__, "nccl": nccl,
             "cuda": torch.version.cuda if cuda else None,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "dtype": str(dtype).replace("torch.", "")}
+            "dtype": str(dtype).replace("torch.", ""),
+            # inductor settings given by environment (e.g. TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1)
+            "inductor": {k: v for k, v in sorted(os.environ.items())
+                         if k.startswith("TORCHINDUCTOR_") and k != "TORCHINDUCTOR_CACHE_DIR"} or None}
 
 
 ROW_FIELDS = ("kind", "impl", "shape", "layers", "hidden", "tp", "p2p", "batch", "ctx", "prompt_len",
               "spd_ratio", "no_comm", "spd_blocks", "sync_points_per_token", "sync_bytes", "bytes",
               "compiled", "cuda_graph", "ms_median", "ms_p90", "repeats", "busbw_gbps", "ranks_agree",
               "compile_s", "compile_mode", "lm_head", "shard_proxy", "gpu", "gpu_count", "torch", "nccl",
-              "cuda", "date", "dtype", "tag", "allreduce", "consistent", "consistency")
+              "cuda", "date", "dtype", "tag", "allreduce", "consistent", "consistency", "attention", "inductor")
 
 
 def make_row(meta: dict, **fields) -> dict:
