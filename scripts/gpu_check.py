@@ -95,7 +95,7 @@ def main() -> None:
                     rt.lm_head_mode = head
                     ctx.use_allreduce(kind, dtype)
                     if mode:
-                        rt.compile_blocks(**({} if mode == "default" else {"mode": mode}))
+                        rt.compile_blocks(mode)
                     tokens, logits = rt.generate(ids, STEPS, forced_tokens=torch.tensor([ref[1]]))
                     if ctx.is_main:
                         row = {"dtype": str(dtype).split(".")[-1], "spd_blocks": blocks, "compiled": mode is not None,

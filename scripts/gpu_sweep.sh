@@ -14,6 +14,7 @@
 #   bash scripts/gpu_sweep.sh h2b    # 2 H200s: 7B TP 2 (nccl, oneshot; P2P off), TP 1, the peer at TP 2
 #   bash scripts/gpu_sweep.sh h2c    # 2 H200s: GPU equality check (nccl, oneshot), 7B cache 2048, 13B TP 2 and TP 1
 #   bash scripts/gpu_sweep.sh h2d    # 2 H200s: where a TP-2 shard's time goes; attention and inductor settings; TP 2 with the best
+#   bash scripts/gpu_sweep.sh h2e    # 2 H200s: compile settings (GEMVs as matmuls or reductions); TP 2 and TP 1 with the best
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -254,7 +255,7 @@ case "$PHASE" in
     two floor 150 "$F --attention sdpa --out $OUT/h2d_g0.jsonl" "$F --attention math --out $OUT/h2d_g1.jsonl"
     two floor-cdt 200 "$CDT $F --attention sdpa --out $OUT/h2d_g0.jsonl" "$CDT $F --attention math --out $OUT/h2d_g1.jsonl"
     cat "$OUT"/h2d_g*.jsonl >> "$JSONL" 2>/dev/null; rm -f "$OUT"/h2d_g*.jsonl
-    read -r ATT TUNE < <("$PYTHON" scripts/sweep_summary.py --best-floor "$JSONL" || echo "sdpa 0")
+    read -r ATT _ TUNE < <("$PYTHON" scripts/sweep_summary.py --best-floor "$JSONL" || echo "sdpa - 0")
     echo "=== fastest TP-2 shard floor at batch 1: attention $ATT, coordinate-descent tuning $TUNE"
     T=(bench --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --ctx 512 --batch 1,16
        --spd-ratios 0,1 --allreduce nccl,oneshot --out "$JSONL" --tag h2d)
@@ -262,6 +263,32 @@ case "$PHASE" in
     if [[ "$ATT $TUNE" != "sdpa 0" ]]; then
       step tp2-sdpa-cdt0 200 --nproc 2 --p2p on "${T[@]}" --attention sdpa
     fi
+    ;;
+  h2e)
+    # Two H200s (issue 11): the profile of h2d showed every decode GEMV compiled as an inductor
+    # reduction kernel (max-autotune turns on coordinate-descent tuning, which rewrites one-row
+    # matmuls) at 2.2-3.6 TB/s. Here: the TP-2 shard floor (and its kernels) with the GEMVs kept as
+    # matmuls (max-autotune-no-cdt: autotuned cuBLAS / Triton templates) and with plain 'default',
+    # each setting on both GPUs; then the whole TP-2 record (nccl, oneshot; SPD 0..100%; floor;
+    # batch 1, 16) with the fastest setting, the current default beside it, and TP 1.
+    P="$PYTHON scripts/profile_decode.py --shard-of 2 --layers 8"
+    two profile 150 "$P --compile-mode max-autotune-no-cdt --out $OUT/profile_h2e_nocdt.txt" \
+      "$P --compile-mode default --out $OUT/profile_h2e_default.txt"
+    F="$PYTHON -m spd_ref bench --shard-of 2 --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --ctx 512 --batch 1,16 --tag h2e-floor"
+    two floor-a 150 "$F --compile-mode max-autotune-no-cdt --out $OUT/h2e_g0.jsonl" "$F --compile-mode default --out $OUT/h2e_g1.jsonl"
+    two floor-b 150 "$F --compile-mode max-autotune-no-cudagraphs --out $OUT/h2e_g0.jsonl" \
+      "$F --compile-mode max-autotune-no-cdt --out $OUT/h2e_g1.jsonl"
+    cat "$OUT"/h2e_g*.jsonl >> "$JSONL" 2>/dev/null; rm -f "$OUT"/h2e_g*.jsonl
+    read -r _ MODE _ < <("$PYTHON" scripts/sweep_summary.py --best-floor "$JSONL" || echo "- max-autotune-no-cudagraphs -")
+    echo "=== fastest TP-2 shard floor at batch 1: compile mode $MODE"
+    T=(bench --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --ctx 512 --batch 1,16
+       --allreduce nccl,oneshot --out "$JSONL" --tag h2e)
+    step "tp2-$MODE" 230 --nproc 2 --p2p on "${T[@]}" --spd-ratios 0,0.25,0.5,0.75,1 --compile-mode "$MODE"
+    if [[ "$MODE" != max-autotune-no-cudagraphs ]]; then
+      step tp2-max-autotune-no-cudagraphs 130 --nproc 2 --p2p on "${T[@]}" --spd-ratios 0,1
+    fi
+    step "tp1-$MODE" 70 --nproc 1 bench --prompt-lens none --repeats 100 --warmup 10 --shape llama2-7b --ctx 512 \
+      --batch 1,16 --out "$JSONL" --tag h2e --compile-mode "$MODE"
     ;;
   smoke)
     # 2-layer models: every code path (compiled + graphs, eager + graphs, GQA, P2P off, the peer) and
@@ -276,6 +303,6 @@ case "$PHASE" in
       --out "$JSONL" --tag smoke
     ;;
   *)
-    echo "unknown phase $PHASE: use a, b, c, d, e, h2a, h2b, h2c, h2d, peer, tune, head or smoke"; exit 2 ;;
+    echo "unknown phase $PHASE: use a, b, c, d, e, h2a, h2b, h2c, h2d, h2e, peer, tune, head or smoke"; exit 2 ;;
 esac
 finish

@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from spd_ref.latency.bench import shard_context  # noqa: E402
 from spd_ref.latency.workload import llama_config  # noqa: E402
-from spd_ref.model import ATTENTION_IMPLS, LM_HEAD_MODES, TPTransformer  # noqa: E402
+from spd_ref.model import ATTENTION_IMPLS, COMPILE_MODES, LM_HEAD_MODES, TPTransformer  # noqa: E402
 from spd_ref.tp import init_distributed  # noqa: E402
 
 ap = argparse.ArgumentParser()
@@ -22,7 +22,7 @@ ap.add_argument("--layers", type=int, default=8)
 ap.add_argument("--ctx", type=int, default=512)
 ap.add_argument("--shard-of", type=int, default=1)
 ap.add_argument("--lm-head", choices=LM_HEAD_MODES, default="split")
-ap.add_argument("--compile-mode", default="max-autotune-no-cudagraphs")
+ap.add_argument("--compile-mode", choices=list(COMPILE_MODES), default="max-autotune-no-cudagraphs")
 ap.add_argument("--attention", choices=ATTENTION_IMPLS, default="sdpa")
 ap.add_argument("--batch", type=int, default=1)
 ap.add_argument("--out", required=True)
@@ -30,7 +30,7 @@ args = ap.parse_args()
 ctx = shard_context(init_distributed(), args.shard_of)
 model = TPTransformer.random(llama_config("llama2-7b", args.layers), ctx)
 model.lm_head_mode, model.comm, model.attention = args.lm_head, "none", args.attention
-model.compile_blocks(mode=args.compile_mode)
+model.compile_blocks(args.compile_mode)
 model.setup_cache(args.batch, args.ctx + 1)
 for cache in model.caches:  # random keys and values stand for a prefill of ctx tokens (as bench does)
     for t in cache:

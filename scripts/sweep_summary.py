@@ -109,14 +109,14 @@ def check_targets(lines: list[dict]) -> list[str]:
 
 
 def best_floor(rows: list[dict]) -> str:
-    """`ATTENTION TUNING` of the fastest one-GPU shard floor at batch 1 (gpu_sweep.sh h2d picks with it):
-    the attention implementation and 1/0 for inductor's coordinate-descent tuning."""
+    """`ATTENTION COMPILE_MODE TUNING` of the fastest one-GPU shard floor at batch 1 (gpu_sweep.sh h2d and
+    h2e pick with it): TUNING is 1/0 for TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 given by environment."""
     floors = [r for r in rows if r.get("kind") == "decode" and r.get("shard_proxy") and r["batch"] == 1]
     if not floors:
         raise SystemExit("sweep_summary --best-floor: no shard-floor rows at batch 1")
     best = min(floors, key=lambda r: r["ms_median"])
     tuned = (best.get("inductor") or {}).get("TORCHINDUCTOR_COORDINATE_DESCENT_TUNING") == "1"
-    return f"{best.get('attention') or 'sdpa'} {int(tuned)}"
+    return f"{best.get('attention') or 'sdpa'} {best['compile_mode']} {int(tuned)}"
 
 
 def main(argv: list[str]) -> int:

@@ -31,6 +31,11 @@ from spd_ref.tp import TPContext, skip_sync
 
 LM_HEAD_MODES = ("split", "replicated")
 DEFAULT_LM_HEAD = "split"  # [ours] see the module docstring; measured in results/h100_x2/README.md
+# torch.compile settings by name. max-autotune-no-cudagraphs also turns on inductor's coordinate-descent
+# tuning, under which inductor rewrites every one-row matmul (a decode GEMV) as its own reduction kernel;
+# max-autotune-no-cdt keeps them matmuls, autotuned between cuBLAS and Triton templates.
+COMPILE_MODES = {"default": {}, "max-autotune-no-cudagraphs": {"mode": "max-autotune-no-cudagraphs"},
+                 "max-autotune-no-cdt": {"options": {"max_autotune": True, "coordinate_descent_tuning": False}}}
 ATTENTION_IMPLS = ("sdpa", "math")
 DEFAULT_ATTENTION = "sdpa"  # [ours] measured against "math" in results/h200_x2/README.md
 
@@ -205,18 +210,21 @@ class TPTransformer(nn.Module):
             return 0
         return sum(2 if m is BlockMode.TP else 1 for m in self.block_modes)
 
-    def compile_blocks(self, **compile_kwargs) -> None:
-        """torch.compile the block function; weights are inputs, so one compile serves all layers.
+    def compile_blocks(self, mode: str = "default") -> None:
+        """torch.compile the block function (`mode`: a name of COMPILE_MODES); weights are inputs, so
+        one compile serves all layers.
 
         It still compiles once per (block mode, sync function, batch, tokens per call): raise dynamo's
         recompile limit so a sweep over those never falls back to eager silently.
         """
         import torch._dynamo.config as dynamo_config
 
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode {mode!r}: unknown. Fix: use one of {', '.join(COMPILE_MODES)}")
         for name in ("recompile_limit", "cache_size_limit"):
             if hasattr(dynamo_config, name):
                 setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
-        self._block_fn = torch.compile(block_forward, fullgraph=True, dynamic=False, **compile_kwargs)
+        self._block_fn = torch.compile(block_forward, fullgraph=True, dynamic=False, **COMPILE_MODES[mode])
 
     def setup_cache(self, batch: int, max_seq_len: int) -> None:
         shard = self.partition[self.ctx.rank]

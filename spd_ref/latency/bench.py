@@ -9,7 +9,7 @@ written by rank 0 as soon as it is measured, and summarized in a short table at 
 How it times (DESIGN.md, performance protocol):
 - GPU: random bf16 weights made on the device; prefill and decode steps are captured in CUDA
   graphs and the replays are timed with CUDA events (warm-up first, then --repeats replays: median
-  and p90). Decode runs the compiled block functions (`TPTransformer.compile_blocks`: one compile
+  and p90 of the slowest rank; ms_median_ranks has each rank's median). Decode runs the compiled block functions (`TPTransformer.compile_blocks`: one compile
   per block mode, all-reduce kind and batch, reused by every layer and every SPD ratio: a new ratio
   only re-captures the graph). Prefill runs the eager blocks in a graph (compiling every prompt
   length would cost more device time than it saves on long prompts), so prefill rows say
@@ -57,9 +57,10 @@ from spd_ref.__main__ import CommandParser, listed, number, output_file
 from spd_ref.latency.allreduce import DEFAULT_AR_SIZES, bench_allreduce
 from spd_ref.latency.consistency import check_row
 from spd_ref.latency.schema import RowWriter, make_row, run_metadata
-from spd_ref.latency.timing import graphed, ranks_agree, run_then_exit, summarize, time_calls
+from spd_ref.latency.timing import graphed, ranks_agree, run_then_exit, slowest_rank, time_calls
 from spd_ref.latency.workload import DTYPES, SHAPES, blocks_for_ratio, llama_config, parse_list
-from spd_ref.model import ATTENTION_IMPLS, DEFAULT_ATTENTION, DEFAULT_LM_HEAD, LM_HEAD_MODES, TPTransformer
+from spd_ref.model import (ATTENTION_IMPLS, COMPILE_MODES, DEFAULT_ATTENTION, DEFAULT_LM_HEAD, LM_HEAD_MODES,
+                           TPTransformer)
 from spd_ref.tp import ALLREDUCE_KINDS, DEFAULT_ALLREDUCE, TPContext
 
 # ---- the model -----------------------------------------------------------------------------------
@@ -92,8 +93,9 @@ def bench_model(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> 
                 attention=model.attention)
 
     def row(kind: str, ratio: Optional[float], blocks: list[int], times: list[float], **kw) -> dict:
-        med, p90 = summarize(times)
+        med, p90, per_rank = slowest_rank(ctx, times)
         return make_row(meta, kind=kind, spd_ratio=ratio, no_comm=ratio is None, spd_blocks=blocks,
+                        ms_median_ranks=per_rank,
                         sync_points_per_token=model.sync_points_per_token, ms_median=med, ms_p90=p90,
                         repeats=len(times), allreduce=None if ratio is None else ctx.allreduce, **base, **kw)
 
@@ -116,7 +118,7 @@ def bench_model(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> 
                 del replay, graph, out
     compiled = args.compile == "on" or (args.compile == "auto" and dev.type == "cuda")
     if compiled:
-        model.compile_blocks(**({"mode": args.compile_mode} if args.compile_mode != "default" else {}))
+        model.compile_blocks(args.compile_mode)
     for batch in args.batch:
         for ctx_len in args.ctx:
             model.setup_cache(batch, ctx_len + 1)
@@ -219,9 +221,10 @@ def parser() -> argparse.ArgumentParser:
     a("--no-comm", action="store_true", help="also measure the floor: every all-reduce removed")
     a("--compile", choices=("auto", "on", "off"), default="auto",
       help="torch.compile the decode blocks: auto = on GPUs only (CPU compiles are for tests)")
-    a("--compile-mode", default="max-autotune-no-cudagraphs", choices=("default", "max-autotune-no-cudagraphs"),
-      help="torch.compile mode of the decode blocks [ours: max-autotune, 5-10%% faster on H100 than "
-           "'default', which compiles in a third of the time]; CUDA graphs are ours either way")
+    a("--compile-mode", default="max-autotune-no-cudagraphs", choices=list(COMPILE_MODES),
+      help="torch.compile setting of the decode blocks (spd_ref.model.COMPILE_MODES) [ours: max-autotune, "
+           "5-10%% faster on H100 than 'default', which compiles in a third of the time]; CUDA graphs are ours "
+           "either way")
     a("--allreduce", type=_kinds, default=DEFAULT_ALLREDUCE,
       help=f"comma list of sync-point all-reduces: {', '.join(ALLREDUCE_KINDS)} [ours: {DEFAULT_ALLREDUCE} = oneshot "
            "where it runs, measured fastest on 2 x H200, else nccl]. oneshot = PyTorch symmetric-memory one-shot "

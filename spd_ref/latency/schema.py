@@ -33,8 +33,8 @@ def run_metadata(ctx, dtype: torch.dtype) -> dict:
 
 ROW_FIELDS = ("kind", "impl", "shape", "layers", "hidden", "tp", "p2p", "batch", "ctx", "prompt_len",
               "spd_ratio", "no_comm", "spd_blocks", "sync_points_per_token", "sync_bytes", "bytes",
-              "compiled", "cuda_graph", "ms_median", "ms_p90", "repeats", "busbw_gbps", "ranks_agree",
-              "compile_s", "compile_mode", "lm_head", "shard_proxy", "gpu", "gpu_count", "torch", "nccl",
+              "compiled", "cuda_graph", "ms_median", "ms_p90", "ms_median_ranks", "repeats", "busbw_gbps",
+              "ranks_agree", "compile_s", "compile_mode", "lm_head", "shard_proxy", "gpu", "gpu_count", "torch", "nccl",
               "cuda", "date", "dtype", "tag", "allreduce", "consistent", "consistency", "attention", "inductor")
 
 

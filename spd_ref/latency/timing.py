@@ -76,6 +76,20 @@ def graphed(fn: Callable[[], object], device: torch.device, warmup: int = 3) -> 
     return graph.replay, warm_s, graph
 
 
+def slowest_rank(ctx, times_ms: list[float]) -> tuple[float, float, Optional[list[float]]]:
+    """(median, p90) of the rank with the largest median, and every rank's median (None with one
+    rank). A TP step waits for its slowest rank at every sync point, so the floor (no sync point, each
+    rank running free) is the slowest rank's compute, not rank 0's."""
+    med, p90 = summarize(times_ms)
+    if ctx.world_size == 1 or ctx.group is None:
+        return med, p90, None
+    mine = torch.tensor([med, p90], dtype=torch.float64, device=ctx.device)
+    every = [torch.empty_like(mine) for _ in range(ctx.world_size)]
+    dist.all_gather(every, mine, group=ctx.group)
+    slowest = max(every, key=lambda t: float(t[0]))
+    return float(slowest[0]), float(slowest[1]), [round(float(t[0]), 4) for t in every]
+
+
 def ranks_agree(ctx, tensor: torch.Tensor, rtol: float = 1e-3) -> Optional[bool]:
     """Whether every rank holds the same tensor (TP replicates the block outputs and logits),
     compared through (sum, sum of squares). None with one rank."""
