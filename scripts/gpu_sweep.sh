@@ -15,6 +15,7 @@
 #   bash scripts/gpu_sweep.sh h2c    # 2 H200s: GPU equality check (nccl, oneshot), 7B cache 2048, 13B TP 2 and TP 1
 #   bash scripts/gpu_sweep.sh h2d    # 2 H200s: where a TP-2 shard's time goes; attention and inductor settings; TP 2 with the best
 #   bash scripts/gpu_sweep.sh h2e    # 2 H200s: compile settings (GEMVs as matmuls or reductions); TP 2 and TP 1 with the best
+#   bash scripts/gpu_sweep.sh h2f    # 2 H200s: the record again, compiled rank by rank (h2b, then 13B and cache 2048)
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -290,6 +291,18 @@ case "$PHASE" in
     step "tp1-$MODE" 70 --nproc 1 bench --prompt-lens none --repeats 100 --warmup 10 --shape llama2-7b --ctx 512 \
       --batch 1,16 --out "$JSONL" --tag h2e --compile-mode "$MODE"
     ;;
+  h2f)
+    # Two H200s, issue 11's record with every rank running the same tuned kernels (bench compiles the
+    # first decode step rank by rank, h2e): h2b's steps, then 13B at TP 2 and 1, then cache 2048.
+    R=(bench --prompt-lens none --no-comm --repeats 100 --warmup 10 --ctx 512 --out "$JSONL" --tag h2f)
+    step tp2-on 240 --nproc 2 --p2p on "${R[@]}" --shape llama2-7b --batch 1,16 --spd-ratios 0,0.25,0.5,0.75,1 \
+      --allreduce nccl,oneshot --ar-bench
+    step tp1 70 --nproc 1 "${R[@]}" --shape llama2-7b --batch 1,16
+    step tp2-off 80 --nproc 2 --p2p off "${R[@]}" --shape llama2-7b --batch 1 --spd-ratios 0,0.5,1
+    peer 2 100 110 1
+    step tp2-13b 120 --nproc 2 --p2p on "${R[@]}" --shape llama2-13b --batch 1 --spd-ratios 0,1 --allreduce nccl,oneshot
+    step tp1-13b 60 --nproc 1 "${R[@]}" --shape llama2-13b --batch 1
+    ;;
   smoke)
     # 2-layer models: every code path (compiled + graphs, eager + graphs, GQA, P2P off, the peer) and
     # the compile time of one block (compile_s in the rows), in about 3 minutes.
@@ -303,6 +316,6 @@ case "$PHASE" in
       --out "$JSONL" --tag smoke
     ;;
   *)
-    echo "unknown phase $PHASE: use a, b, c, d, e, h2a, h2b, h2c, h2d, h2e, peer, tune, head or smoke"; exit 2 ;;
+    echo "unknown phase $PHASE: use a, b, c, d, e, h2a, h2b, h2c, h2d, h2e, h2f, peer, tune, head or smoke"; exit 2 ;;
 esac
 finish

@@ -9,9 +9,9 @@ written by rank 0 as soon as it is measured, and summarized in a short table at 
 How it times (DESIGN.md, performance protocol):
 - GPU: random bf16 weights made on the device; prefill and decode steps are captured in CUDA
   graphs and the replays are timed with CUDA events (warm-up first, then --repeats replays: median
-  and p90 of the slowest rank; ms_median_ranks has each rank's median). Decode runs the compiled block functions (`TPTransformer.compile_blocks`: one compile
-  per block mode, all-reduce kind and batch, reused by every layer and every SPD ratio: a new ratio
-  only re-captures the graph). Prefill runs the eager blocks in a graph (compiling every prompt
+  and p90 of the slowest rank; ms_median_ranks has each rank's median). Decode runs the compiled
+  block functions (`TPTransformer.compile_blocks`: one compile per block mode, all-reduce kind and
+  batch, reused by every layer and every SPD ratio: a new ratio only re-captures the graph). Prefill runs the eager blocks in a graph (compiling every prompt
   length would cost more device time than it saves on long prompts), so prefill rows say
   compiled=false.
 - Sync points use each --allreduce kind in turn (nccl, oneshot: spd_ref.tp); rows say which.
@@ -57,7 +57,7 @@ from spd_ref.__main__ import CommandParser, listed, number, output_file
 from spd_ref.latency.allreduce import DEFAULT_AR_SIZES, bench_allreduce
 from spd_ref.latency.consistency import check_row
 from spd_ref.latency.schema import RowWriter, make_row, run_metadata
-from spd_ref.latency.timing import graphed, ranks_agree, run_then_exit, slowest_rank, time_calls
+from spd_ref.latency.timing import graphed, one_rank_at_a_time, ranks_agree, run_then_exit, slowest_rank, time_calls
 from spd_ref.latency.workload import DTYPES, SHAPES, blocks_for_ratio, llama_config, parse_list
 from spd_ref.model import (ATTENTION_IMPLS, COMPILE_MODES, DEFAULT_ATTENTION, DEFAULT_LM_HEAD, LM_HEAD_MODES,
                            TPTransformer)
@@ -126,11 +126,12 @@ def bench_model(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> 
             for cache in model.caches:
                 for t in cache:
                     t.normal_(generator=gen)
-            step_ids, step_pos = ids(batch, 1), torch.tensor([ctx_len], device=dev)
-            group = []
+            step_ids, step_pos, group = ids(batch, 1), torch.tensor([ctx_len], device=dev), []
+            if compiled:  # first compile without communication, rank by rank: every rank runs the same kernels
+                model.comm = "none"
+                one_rank_at_a_time(ctx, lambda: model(step_ids, step_pos))
             for kind, ratio in variants(ctx, args.spd_ratios, args.no_comm, args.allreduce):
-                blocks = _apply_variant(model, ratio, args.plan, kind)
-                out = {}
+                blocks, out = _apply_variant(model, ratio, args.plan, kind), {}
                 replay, warm_s, graph = graphed(lambda: out.__setitem__("y", model(step_ids, step_pos)), dev)
                 times = time_calls(replay, dev, args.warmup, args.repeats)
                 agree = None if ratio is None else ranks_agree(ctx, out["y"])
