@@ -15,7 +15,7 @@
 #   bash scripts/gpu_sweep.sh h2c    # 2 H200s: GPU equality check (nccl, oneshot), 7B cache 2048, 13B TP 2 and TP 1
 #   bash scripts/gpu_sweep.sh h2d    # 2 H200s: where a TP-2 shard's time goes; attention and inductor settings; TP 2 with the best
 #   bash scripts/gpu_sweep.sh h2e    # 2 H200s: compile settings (GEMVs as matmuls or reductions); TP 2 and TP 1 with the best
-#   bash scripts/gpu_sweep.sh h2f    # 2 H200s: the record again, compiled rank by rank (h2b, then 13B and cache 2048)
+#   bash scripts/gpu_sweep.sh h2f    # 2 H200s: the record again with slowest-rank floors (h2b, then 13B)
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -292,8 +292,10 @@ case "$PHASE" in
       --batch 1,16 --out "$JSONL" --tag h2e --compile-mode "$MODE"
     ;;
   h2f)
-    # Two H200s, issue 11's record with every rank running the same tuned kernels (bench compiles the
-    # first decode step rank by rank, h2e): h2b's steps, then 13B at TP 2 and 1, then cache 2048.
+    # Two H200s, issue 11's record again with the floor of the slowest rank (h2e found the ranks'
+    # floors 4-9% apart): h2b's steps, then 13B at TP 2 and 1. (This call also compiled the first
+    # decode step rank by rank, to make both ranks pick the same tuned kernels: the ranks' floors
+    # stayed apart and the slower compile cut three steps short, so that was taken out again.)
     R=(bench --prompt-lens none --no-comm --repeats 100 --warmup 10 --ctx 512 --out "$JSONL" --tag h2f)
     step tp2-on 240 --nproc 2 --p2p on "${R[@]}" --shape llama2-7b --batch 1,16 --spd-ratios 0,0.25,0.5,0.75,1 \
       --allreduce nccl,oneshot --ar-bench

@@ -77,3 +77,32 @@ def test_sweep_resumes_from_its_store(tmp_path, monkeypatch):
     alone = sweep_tp(model, None, 2, [0.25], strategies=("zs",), eval_dtype=torch.float32, progress=False,
                      model_name="tiny", store=store)
     assert calls["score"] == 5 and all("drop_ci95" in r for r in alone if r.get("metric") == "acc")
+
+
+def test_scorer_is_the_model_in_the_scoring_dtype(monkeypatch):
+    """The scorer, built without an fp32 copy, computes what the model cast to bf16 computes."""
+    import copy
+
+    import spd_ref.evaluation.evaluate as evaluate
+    from spd_ref.hf import apply_tp, remove_tp
+
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
+    seen = {}
+
+    def score(model, tokenizer, tasks, limit=None):
+        with torch.no_grad():
+            seen["logits"] = model(ids).logits
+            seen["dtypes"] = {p.dtype for p in model.parameters()}
+        return [{"task": "t", "metric": "acc", "value": 0.5, "items": [0.0, 1.0]}]
+
+    import spd_ref.calibration.data as data
+
+    monkeypatch.setattr(evaluate, "evaluate_model", score)
+    monkeypatch.setattr(data, "calibration_tokens", lambda tok, n, seq, seed: ids)
+    model = random_model(tiny_config(layers=2))
+    want_model = apply_tp(copy.deepcopy(model).to(torch.bfloat16), 2, [])
+    with torch.no_grad():
+        want = want_model(ids).logits
+    sweep_tp(model, None, 2, [0.0], strategies=("zs",), eval_dtype=torch.bfloat16, progress=False, model_name="t")
+    assert seen["dtypes"] == {torch.bfloat16} and torch.equal(seen["logits"], want)
+    assert {p.dtype for p in remove_tp(model).parameters()} == {torch.float32}  # the model itself unchanged

@@ -65,7 +65,9 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
         return compute() if store is None else store.get_or_compute(key, compute)
 
     calibration = {"model": model_name, "tp": tp_degree, "samples": samples, "seq_len": seq_len, "seed": seed}
-    original = {k: v.clone() for k, v in model.state_dict().items()}
+    # Kept in the scoring dtype: they are only ever loaded into the scorer (fp32 would double the
+    # memory of a 1.5B model: the OOM that stopped the first qwen2.5-1.5b run on 24 GiB).
+    original = {k: v.detach().to(eval_dtype, copy=True) for k, v in model.state_dict().items()}
     apply_tp(model, tp_degree)
     block_inputs = []  # captured once, only when something needs them (not on a resumed zero-shot run)
 
@@ -86,7 +88,10 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
     def score(blocks: list[int], kinds: dict[int, str]) -> dict:
         nonlocal scorer
         if scorer is None:
-            scorer = copy.deepcopy(remove_tp(model)).to(eval_dtype)
+            # deepcopy with each parameter already in the scoring dtype: no fp32 copy of the model
+            memo = {id(p): torch.nn.Parameter(p.detach().to(eval_dtype), requires_grad=False)
+                    for p in remove_tp(model).parameters()}
+            scorer = copy.deepcopy(model, memo).to(eval_dtype)
             apply_tp(model, tp_degree)
         weights = {}
         for l, kind in kinds.items():

@@ -57,7 +57,7 @@ from spd_ref.__main__ import CommandParser, listed, number, output_file
 from spd_ref.latency.allreduce import DEFAULT_AR_SIZES, bench_allreduce
 from spd_ref.latency.consistency import check_row
 from spd_ref.latency.schema import RowWriter, make_row, run_metadata
-from spd_ref.latency.timing import graphed, one_rank_at_a_time, ranks_agree, run_then_exit, slowest_rank, time_calls
+from spd_ref.latency.timing import graphed, ranks_agree, run_then_exit, slowest_rank, time_calls
 from spd_ref.latency.workload import DTYPES, SHAPES, blocks_for_ratio, llama_config, parse_list
 from spd_ref.model import (ATTENTION_IMPLS, COMPILE_MODES, DEFAULT_ATTENTION, DEFAULT_LM_HEAD, LM_HEAD_MODES,
                            TPTransformer)
@@ -127,9 +127,6 @@ def bench_model(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> 
                 for t in cache:
                     t.normal_(generator=gen)
             step_ids, step_pos, group = ids(batch, 1), torch.tensor([ctx_len], device=dev), []
-            if compiled:  # first compile without communication, rank by rank: every rank runs the same kernels
-                model.comm = "none"
-                one_rank_at_a_time(ctx, lambda: model(step_ids, step_pos))
             for kind, ratio in variants(ctx, args.spd_ratios, args.no_comm, args.allreduce):
                 blocks, out = _apply_variant(model, ratio, args.plan, kind), {}
                 replay, warm_s, graph = graphed(lambda: out.__setitem__("y", model(step_ids, step_pos)), dev)

@@ -90,19 +90,6 @@ def slowest_rank(ctx, times_ms: list[float]) -> tuple[float, float, Optional[lis
     return float(slowest[0]), float(slowest[1]), [round(float(t[0]), 4) for t in every]
 
 
-def one_rank_at_a_time(ctx, first_call: Callable[[], None]) -> None:
-    """Make a first call (the one that compiles) on each rank in turn. [ours] max-autotune benchmarks
-    its kernel choices in every process, and under timing noise the ranks can choose differently (one
-    TP-2 shard's floor: 2.58 ms on one rank, 2.81 on the other, results/h200_x2/README.md). In turn,
-    the later ranks find the first rank's compiled graph and tuned kernels in the shared inductor
-    cache, so every rank runs the same kernels."""
-    for r in range(ctx.world_size):
-        if ctx.rank == r:
-            first_call()
-        if ctx.group is not None:
-            dist.barrier(group=ctx.group)
-
-
 def ranks_agree(ctx, tensor: torch.Tensor, rtol: float = 1e-3) -> Optional[bool]:
     """Whether every rank holds the same tensor (TP replicates the block outputs and logits),
     compared through (sum, sum of squares). None with one rank."""
