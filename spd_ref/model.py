@@ -37,7 +37,7 @@ DEFAULT_LM_HEAD = "split"  # [ours] see the module docstring; measured in result
 COMPILE_MODES = {"default": {}, "max-autotune-no-cudagraphs": {"mode": "max-autotune-no-cudagraphs"},
                  "max-autotune-no-cdt": {"options": {"max_autotune": True, "coordinate_descent_tuning": False}}}
 ATTENTION_IMPLS = ("sdpa", "math")
-DEFAULT_ATTENTION = "sdpa"  # [ours] measured against "math" in results/h200_x2/README.md
+DEFAULT_ATTENTION = "sdpa"  # [ours] measured against "math" in results/h200_x2_compute/README.md
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
