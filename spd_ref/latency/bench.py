@@ -220,9 +220,8 @@ def parser() -> argparse.ArgumentParser:
     a("--compile", choices=("auto", "on", "off"), default="auto",
       help="torch.compile the decode blocks: auto = on GPUs only (CPU compiles are for tests)")
     a("--compile-mode", default="max-autotune-no-cudagraphs", choices=list(COMPILE_MODES),
-      help="torch.compile setting of the decode blocks (spd_ref.model.COMPILE_MODES) [ours: max-autotune, "
-           "5-10%% faster on H100 than 'default', which compiles in a third of the time]; CUDA graphs are ours "
-           "either way")
+      help="torch.compile setting of the decode blocks (spd_ref.model.COMPILE_MODES) [ours: max-autotune: at batch "
+           "1 faster than 'default' (H100 5-10%%, H200 1-11%%), at batch 16 slower on H200]; CUDA graphs either way")
     a("--allreduce", type=_kinds, default=DEFAULT_ALLREDUCE,
       help=f"comma list of sync-point all-reduces: {', '.join(ALLREDUCE_KINDS)} [ours: {DEFAULT_ALLREDUCE} = oneshot "
            "where it runs, measured fastest on 2 x H200, else nccl]. oneshot = PyTorch symmetric-memory one-shot "
