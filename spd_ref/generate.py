@@ -21,6 +21,7 @@ import torch
 
 from spd_ref.__main__ import CommandParser, block_list, check_model_args, listed, number, output_file
 from spd_ref.model import DEFAULT_LM_HEAD, LM_HEAD_MODES
+from spd_ref.models import MODEL_HELP
 from spd_ref.tp import (ALLREDUCE_KINDS, DEFAULT_ALLREDUCE, DEFAULT_TIMEOUT_S, in_torchrun, init_distributed,
                         require_torchrun, shutdown)
 
@@ -45,7 +46,7 @@ def check_args(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = CommandParser(prog="python -m spd_ref generate", description=__doc__, checks=[check_args],
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2", help="'smollm2' (offline), a local folder, a .gguf file or a hub id")
+    p.add_argument("--model", default="smollm2", help=MODEL_HELP)
     p.add_argument("--prompt", default="The capital of France is Paris. The capital of Italy is")
     p.add_argument("--prompt-ids", type=listed(number(int, 0)), default=None,
                    help="comma-separated token ids instead of --prompt")

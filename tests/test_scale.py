@@ -27,5 +27,25 @@ def test_summary_shares_intervals_and_figure(tmp_path):
     assert lines["small"]["insensitive"] == 0.25 and lines["large"]["insensitive"] == 0.75
     assert lines["small"]["largest_within_1pt"] == 0.0 and lines["large"]["largest_within_1pt"] == 0.5
     text = markdown(list(lines.values()))
-    assert "| large | 1000 M | 2 | 75% of 4 | 0.50 | 0.50: 0.4 [-0.2, 0.9]; 1.00: 2.0 [1.2, 3.0] |" in text
+    assert "| large | 1000 M | 2 | zs | 75% of 4 | 0.50 | 0.50: 0.4 [-0.2, 0.9]; 1.00: 2.0 [1.2, 3.0] |" in text
     assert plot_tolerance(list(lines.values()), tmp_path / "t.png").stat().st_size > 10_000
+
+
+def test_each_strategy_gets_its_line_and_a_bad_folder_is_refused(tmp_path, capsys):
+    import pytest
+
+    from spd_ref.evaluation.scale import main
+
+    write_model(tmp_path, "m", 1e8, ["in-sensitive", "sensitive"], {0.0: (0, 0, 0), 0.5: (0.03, 0.02, 0.04)})
+    rows_file = tmp_path / "m" / "sweep_tp2.jsonl"
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    b2b = [dict(r, strategy="b2b", drop=r["drop"] / 3, drop_ci95=[r["drop_ci95"][0] / 3, r["drop_ci95"][1] / 3])
+           for r in rows if r.get("strategy") == "zs"]
+    rows_file.write_text("".join(json.dumps(r) + "\n" for r in b2b + rows))  # b2b rows first on disk
+    lines = summary(load_study(tmp_path))
+    assert [s["strategy"] for s in lines] == ["zs", "b2b"]
+    assert abs(lines[1]["drops"][0.5].drop - 0.01) < 1e-12 and lines[0]["drops"][0.5].drop == 0.03
+    assert main([str(tmp_path)]) == 0 and "| m | 100 M | 2 | b2b | 50% of 2 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "m")])  # a model folder, not the study folder
+    assert stop.value.code == 2 and "holds no model folder with sweep rows" in capsys.readouterr().err

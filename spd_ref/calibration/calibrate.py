@@ -28,7 +28,7 @@ from spd_ref.calibration.noise import DRAWS, LEVEL, scan_intervals
 from spd_ref.calibration.recover import recover_block, recover_blocks  # noqa: F401 (recover_block: the sweep's)
 from spd_ref.calibration.resume import Checkpoint
 from spd_ref.hf import SimulatedTPLayer, apply_tp, decoder_layers, remove_tp, set_spd_blocks, spd_blocks_of
-from spd_ref.models import portable_name
+from spd_ref.models import MODEL_HELP, portable_name
 from spd_ref.plan import (BlockRecord, Plan, config_signature, package_versions, save_plan, weight_fingerprint)
 from spd_ref.calibration.sensitivity import (STRATEGY, TAU1, TAU2, capture_block_inputs, classify, perplexity,
                                              sensitivity_scan)
@@ -130,7 +130,7 @@ def _parser() -> CommandParser:
                                   "are kept in OUT/.calibration/ as they finish. The plan's files are written "
                                   "atomically, plan.json last.",
                       epilog="Defaults marked [ours] are this project's (the paper does not fix them).")
-    p.add_argument("--model", default="smollm2", help="'smollm2' (offline), a local folder, a .gguf or a hub id")
+    p.add_argument("--model", default="smollm2", help=MODEL_HELP)
     p.add_argument("--tp", type=count, required=True, help="tensor-parallel degree N the plan is for")
     p.add_argument("--ratio", type=number(float, 0, 1), required=True, help="fraction of blocks with SPD (0..1)")
     p.add_argument("--out", type=output_folder, required=True,

@@ -30,42 +30,53 @@ def load_study(folder: str | Path) -> dict[str, list[dict]]:
     return out
 
 
-def summary(study: dict[str, list[dict]], strategy: str = "zs") -> list[dict]:
-    """One line per (model, TP), smallest model first: params, blocks, in-sensitive share, largest ratio within 1 point
-    (interval-based; None when ratio 0 is all that was scored), ratios scored, the drop at each."""
+STRATEGY_ORDER = ("zs", "b2b", "hg", "random")  # the order of the table's lines
+
+
+def summary(study: dict[str, list[dict]], strategies: tuple[str, ...] = ()) -> list[dict]:
+    """One line per (model, TP, strategy), smallest model first: params, blocks, in-sensitive share,
+    largest ratio within 1 point (interval-based; None when ratio 0 is all that was scored), ratios
+    scored, the drop at each. `strategies`: those to show (default: every one with rows)."""
     lines = []
     for model, rows in study.items():
         sens = [r for r in rows if r.get("kind") == "sensitivity"]
         drop, best = drops(rows), largest_ratio_within(rows)
         for tp in sorted({r["tp"] for r in sens}):
             blocks = [r for r in sens if r["tp"] == tp]
-            scored = sorted(k[2] for k in drop if k[:2] == (tp, strategy))
-            lines.append({"model": model, "params": blocks[0].get("params"), "tp": tp, "blocks": len(blocks),
-                          "insensitive": sum(r["class"] == BlockClass.INSENSITIVE.value for r in blocks) / len(blocks),
-                          "largest_within_1pt": best.get((tp, strategy)) if len(scored) > 1 else None,
-                          "ratios_scored": scored,
-                          "drops": {x: drop[(tp, strategy, x)] for x in scored},
-                          "score_s": sorted({r["score_s"] for r in rows if r.get("tp") == tp and "score_s" in r})})
-    return sorted(lines, key=lambda s: (s["params"] or 0, s["tp"]))  # smallest model first
+            present = sorted({k[1] for k in drop if k[0] == tp}, key=lambda x: STRATEGY_ORDER.index(x))
+            for strategy in strategies or present:
+                scored = sorted(k[2] for k in drop if k[:2] == (tp, strategy))
+                lines.append({"model": model, "params": blocks[0].get("params"), "tp": tp, "strategy": strategy,
+                              "blocks": len(blocks), "insensitive": sum(r["class"] == BlockClass.INSENSITIVE.value
+                                                                        for r in blocks) / len(blocks),
+                              "largest_within_1pt": best.get((tp, strategy)) if len(scored) > 1 else None,
+                              "ratios_scored": scored, "drops": {x: drop[(tp, strategy, x)] for x in scored},
+                              "score_s": sorted({r["score_s"] for r in rows if r.get("tp") == tp
+                                                 and r.get("strategy") == strategy and "score_s" in r})})
+    order = lambda s: (s["params"] or 0, s["tp"], STRATEGY_ORDER.index(s["strategy"]))
+    return sorted(lines, key=order)  # smallest model first
 
 
 def markdown(lines: list[dict]) -> str:
-    out = ["| model | params | TP | in-sensitive blocks | largest ratio, 95% CI of drop <= 1 pt | "
-           "drop at each ratio, points [95% CI] |", "| --- | --- | --- | --- | --- | --- |"]
+    out = ["| model | params | TP | strategy | in-sensitive blocks | largest ratio, 95% CI of drop <= 1 pt | "
+           "drop at each ratio, points [95% CI] |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for s in lines:
         drops_text = "; ".join(f"{x:.2f}: {100 * d.drop:.1f} [{100 * d.low:.1f}, {100 * d.high:.1f}]"
                                for x, d in s["drops"].items() if x > 0) or "-"
         best = "-" if s["largest_within_1pt"] is None else f"{s['largest_within_1pt']:.2f}"
         params = f"{s['params'] / 1e6:.0f} M" if s["params"] else "?"
-        out.append(f"| {s['model']} | {params} | {s['tp']} | {s['insensitive']:.0%} of {s['blocks']} | {best} | "
+        out.append(f"| {s['model']} | {params} | {s['tp']} | {s['strategy']} | {s['insensitive']:.0%} of {s['blocks']} | "
+                   f"{best} | "
                    f"{drops_text} |")
     return "\n".join(out)
 
 
 def plot_tolerance(lines: list[dict], path: str | Path, ratio: float = FIGURE_RATIO) -> Path:
     """Left: in-sensitive share against parameters (log), with the paper's statements. Right: the
-    paired accuracy drop at SPD ratio `ratio` per model and TP, bars with their 95% intervals."""
+    paired accuracy drop of zero-shot SPD at ratio `ratio` per model and TP, bars with their 95% intervals."""
     import matplotlib.pyplot as plt
+
+    lines = [s for s in lines if s["strategy"] == "zs"]
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     tps = sorted({s["tp"] for s in lines})
@@ -106,11 +117,25 @@ def plot_tolerance(lines: list[dict], path: str | Path, ratio: float = FIGURE_RA
 
 
 def main(argv: list[str]) -> int:
-    folder = Path(argv[0] if argv else "results/scale")
+    from spd_ref.__main__ import CommandParser
+
+    p = CommandParser(prog="python -m spd_ref.evaluation.scale", description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", nargs="?", default="results/scale", type=_study_folder,
+                   help="the study folder: one subfolder of sweep rows per model (default results/scale)")
+    folder = Path(p.parse_args(argv).folder)
     lines = summary(load_study(folder))
     print(markdown(lines))
     print(f"\nfigure: {plot_tolerance(lines, folder / 'tolerance.png')}")
     return 0
+
+
+def _study_folder(text: str) -> str:
+    import argparse
+
+    if not Path(text).is_dir() or not load_study(text):
+        raise argparse.ArgumentTypeError(f"{text!r} holds no model folder with sweep rows. Fix: give the folder "
+                                         "that `bash results/scale/run.sh` writes (results/scale)")
+    return text
 
 
 if __name__ == "__main__":
