@@ -106,3 +106,21 @@ def test_scorer_is_the_model_in_the_scoring_dtype(monkeypatch):
     sweep_tp(model, None, 2, [0.0], strategies=("zs",), eval_dtype=torch.bfloat16, progress=False, model_name="t")
     assert seen["dtypes"] == {torch.bfloat16} and torch.equal(seen["logits"], want)
     assert {p.dtype for p in remove_tp(model).parameters()} == {torch.float32}  # the model itself unchanged
+
+
+def test_recovery_gains_are_paired_and_skip_identical_settings():
+    from spd_ref.evaluation.sweep import recovery_gains
+
+    def rows(strategy, ratio, items, recovered):
+        return [{"tp": 2, "strategy": strategy, "spd_ratio": ratio, "task": "t", "metric": "acc",
+                 "value": sum(items) / len(items), "items": items, "recovered": recovered}]
+
+    zs = [1.0] * 50 + [0.0] * 50
+    b2b = [1.0] * 60 + [0.0] * 40  # 10 more items right, none lost: a paired gain of 10 points
+    got = recovery_gains(rows("zs", 1.0, zs, {}) + rows("b2b", 1.0, b2b, {"0": "b2b"})
+                         + rows("hg", 1.0, b2b, {"0": "hg+b2b"})
+                         + rows("zs", 0.5, zs, {}) + rows("b2b", 0.5, zs, {}))  # nothing recovered at 0.5
+    assert set(got) == {(2, 1.0, "b2b - zs"), (2, 1.0, "hg - b2b")}
+    gain = got[(2, 1.0, "b2b - zs")]
+    assert abs(gain.drop - 0.10) < 1e-12 and 0 < gain.low <= 0.10 <= gain.high
+    assert got[(2, 1.0, "hg - b2b")].drop == 0.0

@@ -199,7 +199,34 @@ def report(rows: list[dict], ppl_metric: str = "word_perplexity") -> str:
     best = largest_ratio_within(rows)
     for tp, strategy in sorted({(k[0], k[1]) for k in drop}):
         lines.append(f"| {tp} | {strategy} | {best.get((tp, strategy), 0.0):.2f} |")
+    gains = recovery_gains(rows)
+    if gains:
+        lines += ["", "| TP | SPD ratio | step | accuracy gained, points [95% CI], paired |", "| --- | --- | --- | --- |"]
+        lines += [f"| {tp} | {ratio:.2f} | {step} | {100 * g.drop:.1f} [{100 * g.low:.1f}, {100 * g.high:.1f}] |"
+                  for (tp, ratio, step), g in sorted(gains.items())]
     return "\n".join(lines)
+
+
+RECOVERY_STEPS = (("zs", "b2b"), ("b2b", "hg"))  # what B2B adds to zero-shot; what HG adds to B2B
+
+
+def recovery_gains(rows: list[dict]) -> dict[tuple, Drop]:
+    """Per (tp, ratio, "b2b - zs" / "hg - b2b"): the paired accuracy gain of a recovery step over the
+    strategy before it, on the same items (a Drop whose values are gains: positive = the step helped).
+    Only where both settings differ in what they ran (at low ratios every block is in-sensitive and
+    all strategies are the same setting)."""
+    scored = {}
+    for r in rows:
+        if r.get("items") is not None and r.get("spd_ratio"):
+            scored.setdefault((r["tp"], r["spd_ratio"], r["strategy"]), []).append(r)
+    out = {}
+    for (tp, ratio, strategy), after in scored.items():
+        for before_name, after_name in RECOVERY_STEPS:
+            before = scored.get((tp, ratio, before_name))
+            if strategy == after_name and before and after[0]["recovered"] != before[0]["recovered"]:
+                d = rows_drop(after, before)  # before minus after, reversed: the gain of the step
+                out[(tp, ratio, f"{after_name} - {before_name}")] = d
+    return out
 
 
 def strategy(text: str) -> str:
