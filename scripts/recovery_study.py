@@ -43,6 +43,8 @@ VARIANTS = {
     "B2B, sequential, model targets": ("b2b", {"sequential": True, "targets": "model"}),
     "HG (error) + B2B, sequential, model targets": ("hg+b2b", {"hg_rule": "error", "sequential": True,
                                                               "targets": "model"}),
+    "HG (columns)": ("hg", {"hg_rule": "columns"}),
+    "HG (columns) + B2B": ("hg+b2b", {"hg_rule": "columns"}),
 }
 
 
@@ -76,7 +78,7 @@ def block_records(recovered: dict) -> dict:
     out = {}
     for l, (hg, b2b) in recovered.items():
         out[str(l)] = {"hg": hg and {k: hg.get(k) for k in ("pairing", "mlp_perm", "head_perm", "mse_zero_shot",
-                                                           "mse_after_hg", "kept")},
+                                                           "mse_after_hg", "kept", "mlp_columns_moved")},
                        "b2b": b2b and {k: b2b[k] for k in ("mse_before", "mse_after", "best_epoch", "kept",
                                                           "heldout_curve")}}
     return out

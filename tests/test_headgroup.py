@@ -110,16 +110,16 @@ def test_pairing_errors_equal_the_permuted_blocks_error(heads, kv, n):
         assert error == pytest.approx(spd_error(permuted, x, cache.hidden[2], cache.kwargs), rel=1e-4, abs=1e-9)
 
 
-@pytest.mark.parametrize("exhaustive_up_to", [5, 1])  # all 24 pairings, or the assignment on pairwise costs
+@pytest.mark.parametrize("exhaustive_up_to, rule", [(5, "error"), (1, "error"), (5, "columns")])
 @pytest.mark.parametrize("heads,kv,n", CASES)
-def test_hg_never_raises_the_block_error(heads, kv, n, exhaustive_up_to):
+def test_hg_never_raises_the_block_error(heads, kv, n, exhaustive_up_to, rule):
     for seed in range(3):
         model, cache = _model(heads, kv, n, seed)
         for l in range(2):
             layer = copy.deepcopy(decoder_layers(model)[l])
             x, y = cache.hidden[l], cache.hidden[l + 1]
             before = spd_error(layer, x, y, cache.kwargs)
-            result = head_grouping(layer, x, cache.kwargs, exhaustive_up_to=exhaustive_up_to)
+            result = head_grouping(layer, x, cache.kwargs, exhaustive_up_to=exhaustive_up_to, rule=rule)
             after = spd_error(layer, x, y, cache.kwargs)
             assert after <= before * (1 + 1e-5)
             scored = [c["mse"] for c in result.candidates]
@@ -138,3 +138,41 @@ def test_error_pairing_is_the_exhaustive_minimum_and_rule_is_checked():
         head_grouping(copy.deepcopy(layer), cache.hidden[0], cache.kwargs, rule="norm")
     # Scoring is against the block's own TP output, which is the model's next activation.
     assert torch.allclose(tp_outputs(layer, cache.hidden[0], cache.kwargs), cache.hidden[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_column_assignment_is_optimal_for_its_costs(n):
+    import itertools
+    from types import SimpleNamespace
+
+    from spd_ref.calibration.pairing import assign_columns
+
+    widths = {2: [4, 2], 3: [2, 2, 2]}[n]  # unequal widths at N = 2: every rank keeps its own
+    starts = [sum(widths[:a]) for a in range(n)]
+    partition = SimpleNamespace(tp_degree=n, shards=[SimpleNamespace(mlp_cols=range(s, s + w))
+                                                     for s, w in zip(starts, widths)])
+    rank_of = [a for a, w in enumerate(widths) for _ in range(w)]
+    cost = torch.rand(6, n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    total = lambda order: sum(cost[j, rank_of[p]].item() for p, j in enumerate(order))
+    order = assign_columns(cost, partition)
+    assert sorted(order) == list(range(6))
+    assert total(order) == pytest.approx(min(total(o) for o in itertools.permutations(range(6))), abs=1e-12)
+
+
+@pytest.mark.parametrize("heads,kv,n", CASES)
+def test_moving_columns_keeps_tp_and_lowers_the_pairwise_cost(heads, kv, n):
+    from spd_ref.calibration.pairing import best_columns, column_costs
+
+    model, cache = _model(heads, kv, n)
+    layer = decoder_layers(model)[0]
+    x = cache.hidden[0]
+    order = best_columns(layer, x, cache.kwargs)
+    cost = column_costs(layer, x, cache.kwargs)
+    rank_of = [a for a, s in enumerate(layer.partition.shards) for _ in s.mlp_cols]
+    total = lambda o: sum(cost[j, rank_of[p]].item() for p, j in enumerate(o))
+    assert total(order) <= total(list(range(len(order)))) + 1e-12
+    moved = copy.deepcopy(layer)
+    permute_block(moved, list(range(heads)), list(range(n)), layer.partition, order)
+    assert torch.allclose(_outputs(moved, x, cache.kwargs)[0], _outputs(layer, x, cache.kwargs)[0], atol=1e-5)
+    with pytest.raises(ValueError, match="mlp_cols is not a permutation"):
+        permute_block(moved, list(range(heads)), list(range(n)), layer.partition, order[:-1] + order[:1])

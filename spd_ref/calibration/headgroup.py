@@ -39,7 +39,7 @@ import torch.nn as nn
 
 from spd_ref.block import BlockMode
 from spd_ref.calibration.distill import block_mse
-from spd_ref.calibration.pairing import EXHAUSTIVE_UP_TO, assign, best_pairing, shard_output
+from spd_ref.calibration.pairing import EXHAUSTIVE_UP_TO, assign, best_columns, best_pairing, shard_output
 from spd_ref.partition import Partition
 
 MAP_SAMPLES = 4  # [ours] calibration windows used for attention maps and MLP scores
@@ -61,6 +61,7 @@ class HeadGrouping:
     rule: str = "paper"
     pairing: str = "max-norm"
     candidates: list[dict] = field(default_factory=list)
+    mlp_columns_moved: int = 0  # rule "columns": intermediate columns now on another rank
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,9 +172,11 @@ def _rows(perm: list[int], size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def permute_block(layer: nn.Module, head_perm: list[int], mlp_perm: list[int], partition: Partition) -> None:
+def permute_block(layer: nn.Module, head_perm: list[int], mlp_perm: list[int], partition: Partition,
+                  mlp_cols: list[int] | None = None) -> None:
     """Rearrange the block's weights in place: position p gets old head head_perm[p], rank a's MLP
-    columns get old shard mlp_perm[a]. Plain TP output is unchanged (up to float rounding)."""
+    columns get old shard mlp_perm[a] (or, with `mlp_cols`, column position c gets old column
+    mlp_cols[c]). Plain TP output is unchanged (up to float rounding)."""
     num_heads, num_kv, head_dim = _heads(layer)
     group = num_heads // num_kv
     if sorted(head_perm) != list(range(num_heads)):
@@ -189,7 +192,9 @@ def permute_block(layer: nn.Module, head_perm: list[int], mlp_perm: list[int], p
     attn, mlp = layer.self_attn, layer.mlp
     q_rows, kv_rows = _rows(head_perm, head_dim), _rows(kv_perm, head_dim)
     cols = torch.cat([torch.arange(partition.shards[m].mlp_cols.start, partition.shards[m].mlp_cols.stop)
-                      for m in mlp_perm])
+                      for m in mlp_perm]) if mlp_cols is None else torch.tensor(mlp_cols)
+    if sorted(cols.tolist()) != list(range(mlp.gate_proj.weight.shape[0])):
+        raise ValueError("mlp_cols is not a permutation of the MLP's intermediate columns.")
     for linear, rows in ((attn.q_proj, q_rows), (attn.k_proj, kv_rows), (attn.v_proj, kv_rows),
                          (mlp.gate_proj, cols), (mlp.up_proj, cols)):
         linear.weight.copy_(linear.weight[rows])
@@ -199,8 +204,9 @@ def permute_block(layer: nn.Module, head_perm: list[int], mlp_perm: list[int], p
     mlp.down_proj.weight.copy_(mlp.down_proj.weight[:, cols])
 
 
-RULES = ("error", "paper")
-RULE = "error"  # [ours] candidates kept only if they lower the block error; "paper": the max-norm rule
+RULES = ("error", "columns", "paper")
+RULE = "error"  # [ours] candidates kept only if they lower the block error; "columns": also single MLP
+# columns moved between ranks (pairing.best_columns); "paper": the max-norm rule, unconditional
 
 
 @torch.no_grad()
@@ -223,9 +229,9 @@ def tp_outputs(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -
         layer.block_mode = was
 
 
-def _permuted(layer: nn.Module, head_perm: list[int], mlp_perm: list[int]) -> nn.Module:
+def _permuted(layer: nn.Module, head_perm: list[int], mlp_perm: list[int], mlp_cols=None) -> nn.Module:
     out = copy.deepcopy(layer)
-    permute_block(out, head_perm, mlp_perm, layer.partition)
+    permute_block(out, head_perm, mlp_perm, layer.partition, mlp_cols)
     return out
 
 
@@ -240,6 +246,7 @@ def head_grouping(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]
     order: as is, or anti-clustered; MLP pairing: the max-norm one, or the one with the lowest block
     error, pairing.best_pairing), each scored by the SPD block's MSE against the TP block on all of
     `hidden`; the best is applied only if it beats the block as it is, so HG never raises that error.
+    rule="columns" ([ours]): as "error", plus a candidate that moves single MLP columns between ranks.
 
     `hidden` are the block's calibration inputs (n, T, d) and `kwargs` its layer-call arguments;
     [ours] the first `map_samples` windows give the attention maps and the max-norm scores.
@@ -247,34 +254,44 @@ def head_grouping(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]
     if map_samples < 1:
         raise ValueError(f"map_samples={map_samples} must be >= 1 (calibration windows for the maps).")
     if rule not in RULES:
-        raise ValueError(f"rule={rule!r} is unknown; use 'error' (ours: keep what lowers the block error) "
-                         "or 'paper' (the max-norm MLP matching, applied unconditionally).")
+        raise ValueError(f"rule={rule!r} is unknown; use 'error' (ours: keep what lowers the block error), "
+                         "'columns' (as error, single MLP columns may move too) or 'paper' (the max-norm MLP "
+                         "matching, applied unconditionally).")
     partition: Partition = layer.partition
     maps = hidden[:map_samples]
     dist = head_distances(layer, maps, kwargs)
     identity, shards = list(range(partition.num_heads)), list(range(partition.tp_degree))
     grouped = group_heads(dist, partition)
-    targets = tp_outputs(layer, hidden, kwargs) if rule == "error" else None
-    candidates = []  # (head_perm, mlp_perm, how the pairing was chosen, error or None, max-norm scores)
-    for head_perm in ([identity, grouped] if rule == "error" and grouped != identity else [grouped]):
+    checked = rule != "paper"
+    targets = tp_outputs(layer, hidden, kwargs) if checked else None
+    candidates = []  # (head_perm, mlp_perm, how chosen, error or None, max-norm scores, column order or None)
+    for head_perm in ([identity, grouped] if checked and grouped != identity else [grouped]):
         regrouped = _permuted(layer, head_perm, shards)
         scores = mlp_match_scores(regrouped, maps, kwargs)
-        pairings = {"max-norm": match_mlp_shards(scores, partition)}
-        if rule == "error":
-            pairings["min-error"] = best_pairing(regrouped, hidden, kwargs, exhaustive_up_to)
-        for how, mlp_perm in pairings.items():
+        pairings = {"max-norm": (match_mlp_shards(scores, partition), None)}
+        if checked:
+            pairings["min-error"] = (best_pairing(regrouped, hidden, kwargs, exhaustive_up_to), None)
+        if rule == "columns":
+            pairings["min-error-columns"] = (shards, best_columns(regrouped, hidden, kwargs))
+        for how, (mlp_perm, cols) in pairings.items():
             error = None
-            if rule == "error":
-                error = spd_error(_permuted(regrouped, identity, mlp_perm), hidden, targets, kwargs)
-            candidates.append((head_perm, mlp_perm, how, error, scores))
+            if checked:
+                error = spd_error(_permuted(regrouped, identity, mlp_perm, cols), hidden, targets, kwargs)
+            candidates.append((head_perm, mlp_perm, how, error, scores, cols))
     chosen = candidates[0]
-    if rule == "error":
+    if checked:
         before = spd_error(layer, hidden, targets, kwargs)
         best = min(candidates, key=lambda c: c[3])
-        chosen = best if best[3] < before else (identity, shards, "unchanged", before, candidates[0][4])
-    head_perm, mlp_perm, _, _, scores = chosen
+        chosen = best if best[3] < before else (identity, shards, "unchanged", before, candidates[0][4], None)
+    head_perm, mlp_perm, _, _, scores, cols = chosen
     permute_block(layer, head_perm, shards, partition)
-    permute_block(layer, identity, mlp_perm, partition)
+    permute_block(layer, identity, mlp_perm, partition, cols)
+    moved = 0 if cols is None else sum(_rank_of(partition, c) != _rank_of(partition, old) for c, old in enumerate(cols))
     return HeadGrouping(head_perm, mlp_perm, within_rank_distance(dist, identity, partition),
                         within_rank_distance(dist, head_perm, partition), scores.tolist(), rule, chosen[2],
-                        [{"head_perm": c[0], "mlp_perm": c[1], "pairing": c[2], "mse": c[3]} for c in candidates])
+                        [{"head_perm": c[0], "mlp_perm": c[1], "pairing": c[2], "mse": c[3]} for c in candidates],
+                        moved)
+
+
+def _rank_of(partition: Partition, column: int) -> int:
+    return next(a for a, s in enumerate(partition.shards) if s.mlp_cols.start <= column < s.mlp_cols.stop)

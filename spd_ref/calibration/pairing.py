@@ -11,6 +11,11 @@ over tokens is N * d times the block MSE against TP. [ours] Up to EXHAUSTIVE_UP_
 pairing is scored (5! = 120); beyond, a Hungarian assignment on the pairwise costs ||D[a, m]||^2
 (the cross terms between ranks left out), which the caller still checks against the real error.
 Shards of unequal width cannot trade places.
+
+[ours] Under TP any split of the MLP's intermediate columns among the ranks is exact, so HG may also
+move single columns: `best_columns` gives each column the rank where it deviates least (pairwise
+costs, cross terms between columns left out; exact transport for N = 2, an assignment beyond), and
+the caller keeps that arrangement only if it lowers the real block error.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from spd_ref.block import mlp_partial
@@ -98,3 +104,50 @@ def best_pairing(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any],
         errors = pairing_errors(layer, hidden, kwargs)
         return list(min(errors, key=errors.get))
     return assign(pairwise_costs(layer, hidden, kwargs), layer.partition)
+
+
+@torch.no_grad()
+def column_costs(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    """(d_ff, N): entry (j, a) is what MLP column j adds to the squared block deviation when it sits on
+    rank a, ||W_down[:, j]||^2 sum_t (h_j(Norm2(X + Y_a)) - h_j(Norm2(H)))^2 with h_j = act(gate_j) up_j
+    (the deviations of different columns are taken as independent)."""
+    mlp, n = layer.mlp, layer.partition.tp_degree
+    o_bias = layer.self_attn.o_proj.bias
+    bias = 0 if o_bias is None else o_bias
+
+    def h(y: torch.Tensor) -> torch.Tensor:
+        return mlp.act_fn(F.linear(y, mlp.gate_proj.weight, mlp.gate_proj.bias)) * F.linear(
+            y, mlp.up_proj.weight, mlp.up_proj.bias)
+
+    cost = torch.zeros(mlp.gate_proj.weight.shape[0], n, dtype=torch.float64)
+    for x in hidden.split(1):
+        partials = layer.attention_partials(x, **kwargs)
+        reference = h(layer.post_attention_layernorm(x + partials.sum(0) + bias))
+        local = layer.post_attention_layernorm(x + partials + bias)
+        for a in range(n):
+            cost[:, a] += (h(local[a]) - reference).double().square().sum(dim=(0, 1))
+    return cost * mlp.down_proj.weight.double().square().sum(0)[:, None]
+
+
+def assign_columns(cost: torch.Tensor, partition: Partition) -> list[int]:
+    """The column order with the lowest summed cost that keeps every rank's width: position p (in
+    rank a's range) gets old column result[p]."""
+    slot_rank = np.empty(cost.shape[0], dtype=int)  # the rank that owns each new position
+    for a, shard in enumerate(partition.shards):
+        slot_rank[shard.mlp_cols.start:shard.mlp_cols.stop] = a
+    values = cost.numpy()
+    if partition.tp_degree == 2:  # exact: the columns that gain most from rank 0 go there
+        by_gain = np.argsort(values[:, 0] - values[:, 1], kind="stable")
+        first = int((slot_rank == 0).sum())
+        order = np.empty(len(slot_rank), dtype=int)
+        order[slot_rank == 0], order[slot_rank == 1] = np.sort(by_gain[:first]), np.sort(by_gain[first:])
+        return order.tolist()
+    rows, slots = linear_sum_assignment(values[:, slot_rank])
+    order = np.empty(len(slot_rank), dtype=int)
+    order[slots] = rows
+    return order.tolist()
+
+
+def best_columns(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> list[int]:
+    """[ours] MLP columns moved one by one to the rank where they deviate least (assign_columns)."""
+    return assign_columns(column_costs(layer, hidden, kwargs), layer.partition)
