@@ -152,8 +152,9 @@ def _parser() -> CommandParser:
     p.add_argument("--no-b2b", action="store_true", help="skip B2B (sensitive blocks get zero-shot SPD)")
     p.add_argument("--no-hg", action="store_true", help="skip HG (extremely sensitive blocks get B2B only)")
     p.add_argument("--hg-rule", default=RULE, choices=RULES,
-                   help="HG: 'error' keeps a regrouping only if it lowers the block error [ours]; 'columns': as "
-                        "error, single MLP columns may move between ranks too; 'paper': max-norm")
+                   help="HG [ours: columns]: 'columns' keeps a regrouping (single MLP columns may move between "
+                        "ranks) only if it lowers the block error; 'error': the same with whole MLP shards only; "
+                        "'paper': the max-norm pairing, unconditionally")
     p.add_argument("--b2b-holdout", type=number(float, 0, 0.99), default=HOLDOUT,
                    help=f"fraction of windows B2B holds out to pick its epoch or refuse training [ours] {HOLDOUT}")
     p.add_argument("--b2b-refit", action="store_true",

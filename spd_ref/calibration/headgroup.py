@@ -204,9 +204,11 @@ def permute_block(layer: nn.Module, head_perm: list[int], mlp_perm: list[int], p
     mlp.down_proj.weight.copy_(mlp.down_proj.weight[:, cols])
 
 
-RULES = ("error", "columns", "paper")
-RULE = "error"  # [ours] candidates kept only if they lower the block error; "columns": also single MLP
-# columns moved between ranks (pairing.best_columns); "paper": the max-norm rule, unconditional
+RULES = ("columns", "error", "paper")
+# [ours] "columns" (default): candidates (single MLP columns moved between ranks among them,
+# pairing.best_columns) kept only if they lower the block error; "error": the same with whole MLP shards
+# only; "paper": the max-norm rule, unconditional. Measured in results/recovery/README.md.
+RULE = "columns"
 
 
 @torch.no_grad()
@@ -242,11 +244,12 @@ def head_grouping(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]
     """HG on one simulated-TP block, in place.
 
     rule="paper": group heads by their maps, then pair head groups with MLP shards by the max-norm
-    rule, unconditionally. rule="error" ([ours], default): those steps generate candidates (head
+    rule, unconditionally. rule="error" ([ours]): those steps generate candidates (head
     order: as is, or anti-clustered; MLP pairing: the max-norm one, or the one with the lowest block
     error, pairing.best_pairing), each scored by the SPD block's MSE against the TP block on all of
     `hidden`; the best is applied only if it beats the block as it is, so HG never raises that error.
-    rule="columns" ([ours]): as "error", plus a candidate that moves single MLP columns between ranks.
+    rule="columns" ([ours], default): as "error", plus a candidate that moves single MLP columns
+    between ranks (each to the rank where it deviates least from TP).
 
     `hidden` are the block's calibration inputs (n, T, d) and `kwargs` its layer-call arguments;
     [ours] the first `map_samples` windows give the attention maps and the max-norm scores.

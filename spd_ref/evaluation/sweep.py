@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from spd_ref.__main__ import CommandParser, check_model_args, listed, number, output_folder
 from spd_ref.calibration.calibrate import SAMPLES, SEQ_LEN, recover_block
+from spd_ref.calibration.headgroup import RULE as HG_RULE
 from spd_ref.calibration.sensitivity import (STRATEGY, BlockClass, SensitivityScan, baseline_blocks,
                                              capture_block_inputs, classify, sensitivity_scan)
 from spd_ref.evaluation.statistics import Drop, format_drop, rows_drop
@@ -111,6 +112,8 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
                       else choose_blocks(scan.scores, ratio))
             kinds = {l: recovery(strategy, classes[l]) for l in blocks}
             key = {**setting, "blocks": blocks, "recovered": sorted((l, k) for l, k in kinds.items() if k != "zs")}
+            if "hg+b2b" in kinds.values():  # what HG does changed with its rule: never mix them in the store
+                key["hg_rule"] = HG_RULE
             points.append((strategy, ratio, blocks, kinds, key))
     if store is not None:  # finished settings first: rows written as they come never lose a finished one
         points.sort(key=lambda p: store.get(p[4]) is None)
@@ -126,6 +129,7 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
             drop = rows_drop(base["rows"], done["rows"]).as_row() if base and tasks_have_items(done["rows"]) else {}
             out += [{"model": model_name, "tp": tp_degree, "strategy": strategy, "spd_ratio": ratio,
                      "eval_dtype": setting["eval_dtype"], "spd_blocks": blocks,
+                     "hg_rule": HG_RULE if "hg+b2b" in kinds.values() else None,
                      "recovered": {l: k for l, k in kinds.items() if k != "zs"}, "score_s": done["score_s"],
                      **drop, **row} for row in done["rows"]]
         return out + sensitivity_rows(scan, classes, tp_degree, model_name, params)
