@@ -140,6 +140,12 @@ def test_error_pairing_is_the_exhaustive_minimum_and_rule_is_checked():
     assert torch.allclose(tp_outputs(layer, cache.hidden[0], cache.kwargs), cache.hidden[1], atol=1e-5)
 
 
+def _layout_cost(cost: torch.Tensor, partition, order: list[int]) -> float:
+    """The summed pairwise cost of a column order: new position p belongs to the rank whose range holds it."""
+    rank_of = [a for a, shard in enumerate(partition.shards) for _ in shard.mlp_cols]
+    return sum(cost[j, rank_of[p]].item() for p, j in enumerate(order))
+
+
 @pytest.mark.parametrize("n", [2, 3])
 def test_column_assignment_is_optimal_for_its_costs(n):
     import itertools
@@ -151,9 +157,8 @@ def test_column_assignment_is_optimal_for_its_costs(n):
     starts = [sum(widths[:a]) for a in range(n)]
     partition = SimpleNamespace(tp_degree=n, shards=[SimpleNamespace(mlp_cols=range(s, s + w))
                                                      for s, w in zip(starts, widths)])
-    rank_of = [a for a, w in enumerate(widths) for _ in range(w)]
     cost = torch.rand(6, n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
-    total = lambda order: sum(cost[j, rank_of[p]].item() for p, j in enumerate(order))
+    total = lambda order: _layout_cost(cost, partition, order)
     order = assign_columns(cost, partition)
     assert sorted(order) == list(range(6))
     assert total(order) == pytest.approx(min(total(o) for o in itertools.permutations(range(6))), abs=1e-12)
@@ -168,8 +173,7 @@ def test_moving_columns_keeps_tp_and_lowers_the_pairwise_cost(heads, kv, n):
     x = cache.hidden[0]
     order = best_columns(layer, x, cache.kwargs)
     cost = column_costs(layer, x, cache.kwargs)
-    rank_of = [a for a, s in enumerate(layer.partition.shards) for _ in s.mlp_cols]
-    total = lambda o: sum(cost[j, rank_of[p]].item() for p, j in enumerate(o))
+    total = lambda o: _layout_cost(cost, layer.partition, o)
     assert total(order) <= total(list(range(len(order)))) + 1e-12
     moved = copy.deepcopy(layer)
     permute_block(moved, list(range(heads)), list(range(n)), layer.partition, order)
