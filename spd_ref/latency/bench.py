@@ -11,13 +11,13 @@ How it times (DESIGN.md, performance protocol):
   graphs and the replays are timed with CUDA events (warm-up first, then --repeats replays: median
   and p90 of the slowest rank; ms_median_ranks has each rank's median). Decode runs the compiled
   block functions (`TPTransformer.compile_blocks`: one compile per block mode, all-reduce kind and
-  batch, reused by every layer and every SPD ratio: a new ratio only re-captures the graph). Prefill runs the eager blocks in a graph (compiling every prompt
-  length would cost more device time than it saves on long prompts), so prefill rows say
-  compiled=false.
+  batch, reused by every layer and every SPD ratio: a new ratio only re-captures the graph).
+  Prefill runs the eager blocks in a graph (compiling every prompt length would cost more device
+  time than it saves on long prompts), so prefill rows say compiled=false.
 - Sync points use each --allreduce kind in turn (nccl, oneshot: spd_ref.tp); rows say which.
-- [ours] Decode compiles with inductor's max-autotune-no-cudagraphs (Triton GEMV templates tried
-  against cuBLAS), 5-10% faster than mode "default" on H100 (results/h100/README.md); the
-  split lm_head (`--lm-head`, spd_ref.model) is the default too.
+- [ours] Decode compiles with inductor's max-autotune-no-cudagraphs (which writes the decode GEMVs
+  as tuned reduction kernels), at batch 1 faster than "default" (results/h100/README.md,
+  results/h200_x2_compute/README.md); the split lm_head (`--lm-head`, spd_ref.model) is the default too.
 - `--shard-of N` times, in one process, rank 0's shard of a TP-N model with no communication:
   the TP-N floor on one GPU (rows with shard_proxy=true), for work on compute without N GPUs.
 - CPU (gloo): eager, time.perf_counter. These numbers only exercise the code path (tests).
