@@ -138,8 +138,8 @@ def main(argv: list[str]) -> int:
     print_section("\ndecode ms/token, ctx as measured (median); eff_ar: vs microbenchmark all-reduces, "
                   "eff_floor: vs (baseline - floor) share:", lines,
                   [("shape", ""), ("tp", ""), ("p2p", ""), ("batch", ""), ("ctx", ""), ("compute", ""),
-                   ("allreduce", ""), ("base", ".3f"), ("spd100", ".3f"), ("floor", ".3f"), ("saving", ".1%"), ("comm_share", ".0%"),
-                   ("eff_ar", ".2f"), ("eff_floor", ".2f"), ("consistent", ""), ("peer", ".3f")])
+                   ("allreduce", ""), ("base", ".3f"), ("spd100", ".3f"), ("floor", ".3f"), ("saving", ".1%"),
+                   ("comm_share", ".0%"), ("eff_ar", ".2f"), ("eff_floor", ".2f"), ("consistent", ""), ("peer", ".3f")])
     if lines:
         print("\ntargets (issue 11: 7B, cache 512, compiled + CUDA graph, 2 x H200 NVLink):")
         print("\n".join(check_targets(lines)))

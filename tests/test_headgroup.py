@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from spd_ref.block import BlockMode
 from spd_ref.calibration.headgroup import (group_heads, head_distances, head_grouping, match_mlp_shards, permute_block,
                                           spd_error, tp_outputs, within_rank_distance)
-from spd_ref.calibration.pairing import allowed_pairings, best_pairing, pairing_errors
+from spd_ref.calibration.pairing import allowed_pairings, best_pairing, column_ranks, pairing_errors
 from spd_ref.hf import apply_tp, decoder_layers
 from spd_ref.partition import make_partition
 from spd_ref.calibration.sensitivity import capture_block_inputs
@@ -142,7 +142,7 @@ def test_error_pairing_is_the_exhaustive_minimum_and_rule_is_checked():
 
 def _layout_cost(cost: torch.Tensor, partition, order: list[int]) -> float:
     """The summed pairwise cost of a column order: new position p belongs to the rank whose range holds it."""
-    rank_of = [a for a, shard in enumerate(partition.shards) for _ in shard.mlp_cols]
+    rank_of = column_ranks(partition)
     return sum(cost[j, rank_of[p]].item() for p, j in enumerate(order))
 
 

@@ -39,7 +39,8 @@ import torch.nn as nn
 
 from spd_ref.block import BlockMode
 from spd_ref.calibration.distill import block_mse
-from spd_ref.calibration.pairing import EXHAUSTIVE_UP_TO, assign, best_columns, best_pairing, shard_output
+from spd_ref.calibration.pairing import (EXHAUSTIVE_UP_TO, assign, best_columns, best_pairing, column_ranks,
+                                        shard_output)
 from spd_ref.partition import Partition
 
 MAP_SAMPLES = 4  # [ours] calibration windows used for attention maps and MLP scores
@@ -289,12 +290,9 @@ def head_grouping(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]
     head_perm, mlp_perm, _, _, scores, cols = chosen
     permute_block(layer, head_perm, shards, partition)
     permute_block(layer, identity, mlp_perm, partition, cols)
-    moved = 0 if cols is None else sum(_rank_of(partition, c) != _rank_of(partition, old) for c, old in enumerate(cols))
+    ranks = column_ranks(partition)
+    moved = 0 if cols is None else int((ranks != ranks[cols]).sum())
     return HeadGrouping(head_perm, mlp_perm, within_rank_distance(dist, identity, partition),
                         within_rank_distance(dist, head_perm, partition), scores.tolist(), rule, chosen[2],
                         [{"head_perm": c[0], "mlp_perm": c[1], "pairing": c[2], "mse": c[3]} for c in candidates],
                         moved)
-
-
-def _rank_of(partition: Partition, column: int) -> int:
-    return next(a for a, s in enumerate(partition.shards) if s.mlp_cols.start <= column < s.mlp_cols.stop)

@@ -129,12 +129,15 @@ def column_costs(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any])
     return cost * mlp.down_proj.weight.double().square().sum(0)[:, None]
 
 
+def column_ranks(partition: Partition) -> np.ndarray:
+    """The rank that holds each MLP intermediate column position."""
+    return np.concatenate([np.full(len(shard.mlp_cols), a) for a, shard in enumerate(partition.shards)])
+
+
 def assign_columns(cost: torch.Tensor, partition: Partition) -> list[int]:
     """The column order with the lowest summed cost that keeps every rank's width: position p (in
     rank a's range) gets old column result[p]."""
-    slot_rank = np.empty(cost.shape[0], dtype=int)  # the rank that owns each new position
-    for a, shard in enumerate(partition.shards):
-        slot_rank[shard.mlp_cols.start:shard.mlp_cols.stop] = a
+    slot_rank = column_ranks(partition)  # the rank that owns each new position
     values = cost.numpy()
     if partition.tp_degree == 2:  # exact: the columns that gain most from rank 0 go there
         by_gain = np.argsort(values[:, 0] - values[:, 1], kind="stable")

@@ -65,9 +65,8 @@ def markdown(lines: list[dict]) -> str:
                                for x, d in s["drops"].items() if x > 0) or "-"
         best = "-" if s["largest_within_1pt"] is None else f"{s['largest_within_1pt']:.2f}"
         params = f"{s['params'] / 1e6:.0f} M" if s["params"] else "?"
-        out.append(f"| {s['model']} | {params} | {s['tp']} | {s['strategy']} | {s['insensitive']:.0%} of {s['blocks']} | "
-                   f"{best} | "
-                   f"{drops_text} |")
+        out.append(f"| {s['model']} | {params} | {s['tp']} | {s['strategy']} | "
+                   f"{s['insensitive']:.0%} of {s['blocks']} | {best} | {drops_text} |")
     return "\n".join(out)
 
 
