@@ -44,7 +44,12 @@ $(MODEL): | $(INSTALLED)
 
 setup: $(INSTALLED) $(MODEL)  ## create .venv, install the pins and spd_ref, fetch the offline model
 
+# The tests run spd_ref's Triton kernel under Triton's CPU interpreter. CUDA builds of torch bring their own
+# triton (left alone); the CPU build has none, so the tests install this one.
+TRITON_PIN := triton==3.9.0
+
 test: setup  ## pytest over tests/, then nbval over notebooks/ (PYTEST_ARGS="-m 'not slow'" to skip slow ones)
+	$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install -q $(TRITON_PIN) $(QUIET_PIP)
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 	@if compgen -G 'notebooks/*.ipynb' > /dev/null; then \
 		$(PY) -m pytest --nbval-lax notebooks/; \

@@ -8,7 +8,8 @@ Every rank builds the same random model (seeded, on the CPU) and runs its shard 
 decode steps, without SPD and with SPD on half the blocks, in fp32 and bf16; eager (split and
 replicated lm_head) and with the compiled block function (torch.compile modes default and
 max-autotune), with each sync-point all-reduce (nccl; oneshot, the symmetric-memory one-shot
-all-reduce, where GPUs allow it); a oneshot row also gives its difference from the nccl row of the
+all-reduce, where GPUs allow it), and on GPUs with the decode projections as spd_ref.kernels.gemv's
+Triton kernel (linear "triton", eager and compiled); a oneshot row also gives its difference from the nccl row of the
 same setting (`vs_nccl`). Decode steps are teacher-forced with the reference's tokens (random weights give
 near-tied logits, where bf16 rounding may flip an argmax). Works on CPUs with gloo too.
 """
@@ -83,23 +84,26 @@ def main() -> None:
         for blocks in ([], list(range(0, args.layers, 2))):
             ref = simulated(model, ids.to(ctx.device), ctx.world_size, blocks)
             # The latency sweep runs compiled bf16 steps: check that path, and fp32 eager for exactness.
-            # (compile mode, lm_head): eager with both heads; compiled in both modes (bench's is max-autotune).
-            variants = [(None, "split"), (None, "replicated")]
+            # (compile mode, lm_head, linear): eager with both heads; compiled in both modes (bench's is
+            # max-autotune); the Triton GEMV (bf16 only: fp32 stays on F.linear) eager and compiled, on GPUs.
+            variants = [(None, "split", "torch"), (None, "replicated", "torch")]
             if dtype == torch.bfloat16:
-                variants += [("default", "split"), ("max-autotune-no-cudagraphs", "split")]
-            for mode, head in variants:
+                variants += [("default", "split", "torch"), ("max-autotune-no-cudagraphs", "split", "torch")]
+                if ctx.device.type == "cuda":
+                    variants += [(None, "split", "triton"), ("max-autotune-no-cudagraphs", "split", "triton")]
+            for mode, head, linear in variants:
                 nccl_logits = None
                 for kind in kinds:
                     rt = TPTransformer.from_hf(config, model.state_dict(), ctx, dtype)
                     rt.set_spd_blocks(blocks)
-                    rt.lm_head_mode = head
+                    rt.lm_head_mode, rt.linear = head, linear
                     ctx.use_allreduce(kind, dtype)
                     if mode:
                         rt.compile_blocks(mode)
                     tokens, logits = rt.generate(ids, STEPS, forced_tokens=torch.tensor([ref[1]]))
                     if ctx.is_main:
                         row = {"dtype": str(dtype).split(".")[-1], "spd_blocks": blocks, "compiled": mode is not None,
-                               "compile_mode": mode, "lm_head": head, "allreduce": kind,
+                               "compile_mode": mode, "lm_head": head, "allreduce": kind, "linear": linear,
                                "tokens_equal": tokens[0].tolist() == ref[1], **compare(logits, ref[0])}
                         if nccl_logits is not None:
                             row["vs_nccl"] = compare(logits, nccl_logits)

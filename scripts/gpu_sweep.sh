@@ -16,6 +16,7 @@
 #   bash scripts/gpu_sweep.sh h2d    # 2 H200s: where a TP-2 shard's time goes; attention and inductor settings; TP 2 with the best
 #   bash scripts/gpu_sweep.sh h2e    # 2 H200s: compile settings (GEMVs as matmuls or reductions); TP 2 and TP 1 with the best
 #   bash scripts/gpu_sweep.sh h2f    # 2 H200s: the record again with slowest-rank floors (h2b, then 13B)
+#   bash scripts/gpu_sweep.sh h2g    # 2 H200s: the decode GEMVs as a Triton kernel (microbenchmark, TP 2, floors, check)
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -305,6 +306,26 @@ case "$PHASE" in
     step tp2-13b 120 --nproc 2 --p2p on "${R[@]}" --shape llama2-13b --batch 1 --spd-ratios 0,1 --allreduce nccl,oneshot
     step tp1-13b 60 --nproc 1 "${R[@]}" --shape llama2-13b --batch 1
     ;;
+  h2g)
+    # Two H200s (issue 11): the decode GEMVs as spd_ref's Triton kernel (spd_ref.kernels.gemv). The
+    # GEMV microbenchmark (GPU 0: cuBLAS and every kernel candidate on the 7B TP-2, 7B TP-1 and 13B
+    # TP-2 shapes; GPU 1: inductor's max-autotune beside cuBLAS on 7B TP 2), then TP 2 with the kernel
+    # (nccl, oneshot; SPD 0, 1; floor; batch 1, 16), the TP-2 shard floor with --linear torch | triton
+    # side by side, TP 2 with torch's GEMVs again (same call), and the GPU equality check with the kernel.
+    G="$PYTHON scripts/gemv_bench.py --repeats 20"
+    two gemv 150 "$G --no-inductor --shapes llama2-7b:2,llama2-7b:1,llama2-13b:2 --out $OUT/gemv_g0.jsonl" \
+      "$G --no-configs --shapes llama2-7b:2 --out $OUT/gemv_g1.jsonl"
+    cat "$OUT"/gemv_g*.jsonl > "$OUT/gemv_$PHASE.jsonl"; rm -f "$OUT"/gemv_g*.jsonl
+    T=(bench --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --ctx 512 --batch 1,16
+       --spd-ratios 0,1 --allreduce nccl,oneshot --out "$JSONL" --tag h2g)
+    step tp2-triton 200 --nproc 2 --p2p on "${T[@]}" --linear triton
+    F="$PYTHON -m spd_ref bench --shard-of 2 --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --ctx 512 --batch 1,16 --tag h2g-floor"
+    two floor 130 "$F --linear torch --out $OUT/h2g_g0.jsonl" "$F --linear triton --out $OUT/h2g_g1.jsonl"
+    cat "$OUT"/h2g_g*.jsonl >> "$JSONL" 2>/dev/null; rm -f "$OUT"/h2g_g*.jsonl
+    step tp2-torch 150 --nproc 2 --p2p on "${T[@]}" --linear torch
+    raw gpu-check 120 "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node 2 scripts/gpu_check.py \
+      --layers 4 --out "$OUT/gpu_check_$PHASE.json"
+    ;;
   smoke)
     # 2-layer models: every code path (compiled + graphs, eager + graphs, GQA, P2P off, the peer) and
     # the compile time of one block (compile_s in the rows), in about 3 minutes.
@@ -318,6 +339,6 @@ case "$PHASE" in
       --out "$JSONL" --tag smoke
     ;;
   *)
-    echo "unknown phase $PHASE: use a, b, c, d, e, h2a, h2b, h2c, h2d, h2e, h2f, peer, tune, head or smoke"; exit 2 ;;
+    echo "unknown phase $PHASE: use a, b, c, d, e, h2a, h2b, h2c, h2d, h2e, h2f, h2g, peer, tune, head or smoke"; exit 2 ;;
 esac
 finish

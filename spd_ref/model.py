@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from spd_ref.block import BlockMode, block_residual
 from spd_ref.hf import validate_blocks
+from spd_ref.kernels.gemv import DEFAULT_LINEAR, LINEAR_IMPLS, linear  # noqa: F401 (LINEAR_IMPLS for the CLIs)
 from spd_ref.partition import partition_for_config
 from spd_ref.shards import HF_NAMES, WEIGHTS, fuse_block, full_shapes, rank_slices, vocab_shard
 from spd_ref.tp import TPContext, skip_sync
@@ -76,12 +77,14 @@ def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: t
 def block_forward(x: torch.Tensor, w: dict, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor,
                   mode: BlockMode, sync: Callable, act: Callable, eps: float, gqa: str,
-                  kv_index: Optional[torch.Tensor], attn_impl: str = DEFAULT_ATTENTION) -> torch.Tensor:
-    """One block on one rank: x (B, T, d) -> block output (B, T, d); updates the KV cache in place."""
+                  kv_index: Optional[torch.Tensor], attn_impl: str = DEFAULT_ATTENTION,
+                  linear_impl: str = DEFAULT_LINEAR) -> torch.Tensor:
+    """One block on one rank: x (B, T, d) -> block output (B, T, d); updates the KV cache in place.
+    linear_impl: "torch" (F.linear) or "triton" (spd_ref.kernels.gemv for decode-sized inputs)."""
     b, t, _ = x.shape
     hd, n_kv = k_cache.shape[-1], k_cache.shape[1]
     h = rms_norm(x, w["input_norm"], eps)
-    qkv = F.linear(h, w["qkv_w"], w["qkv_b"]).view(b, t, -1, hd).transpose(1, 2)
+    qkv = linear(h, w["qkv_w"], w["qkv_b"], linear_impl).view(b, t, -1, hd).transpose(1, 2)
     q, k, v = qkv.split([qkv.shape[1] - 2 * n_kv, n_kv, n_kv], dim=1)
     q, k = rotate(q, cos, sin), rotate(k, cos, sin)
     k_cache[:, :, input_pos] = k
@@ -91,11 +94,11 @@ def block_forward(x: torch.Tensor, w: dict, k_cache: torch.Tensor, v_cache: torc
         keys, values = keys.index_select(1, kv_index), values.index_select(1, kv_index)
     attn = attention(q, keys, values, mask, attn_impl)
     attn = attn.transpose(1, 2).reshape(b, t, -1)
-    partial = F.linear(attn, w["o_w"])[None]  # (R=1, B, T, d): this rank's o_proj partial, no bias
+    partial = linear(attn, w["o_w"], None, linear_impl)[None]  # (R=1, B, T, d): this rank's o_proj partial, no bias
 
     def mlp_shard(y: torch.Tensor) -> torch.Tensor:  # block.mlp_partial with gate/up in one matmul
-        gate, up = F.linear(y, w["gate_up_w"], w["gate_up_b"]).chunk(2, dim=-1)
-        return F.linear(act(gate) * up, w["down_w"])
+        gate, up = linear(y, w["gate_up_w"], w["gate_up_b"], linear_impl).chunk(2, dim=-1)
+        return linear(act(gate) * up, w["down_w"], None, linear_impl)
 
     return block_residual(x, partial, mlp_shard, lambda y: rms_norm(y, w["post_norm"], eps), sync,
                           mode, w["o_b"], w["down_b"])
@@ -120,6 +123,7 @@ class TPTransformer(nn.Module):
         self.lm_head_shard = vocab_shard(lm_head, ctx.rank, ctx.world_size)
         self.lm_head_mode = DEFAULT_LM_HEAD  # checked by the setter below
         self.attention = DEFAULT_ATTENTION  # "sdpa" or "math": see attention()
+        self.linear = DEFAULT_LINEAR  # one of LINEAR_IMPLS: see spd_ref.kernels.gemv
         self.act, self.eps = ACT2FN[config.hidden_act], config.rms_norm_eps
         group = config.num_attention_heads // self.partition.num_kv_heads
         kv_of_q = [h // group - shard.kv_heads.start for h in shard.q_heads]
@@ -248,15 +252,15 @@ class TPTransformer(nn.Module):
         sync = skip_sync if self.comm == "none" else self.ctx.sync
         for w, (kc, vc), mode in zip(self.blocks, self.caches, self.block_modes):
             x = self._block_fn(x, w, kc, vc, cos, sin, input_pos, mask, mode, sync, self.act, self.eps,
-                               self.gqa, self.kv_index, self.attention)
+                               self.gqa, self.kv_index, self.attention, self.linear)
         return self._logits(rms_norm(x, self.final_norm, self.eps))
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         """(B, T, V) on every rank. Split head without communication (the floor): this rank's
         (B, T, ceil(V/N)) slice only, timing only."""
         if self.lm_head_mode == "replicated" or self.ctx.world_size == 1:
-            return F.linear(h, self.lm_head)
-        local = F.linear(h, self.lm_head_shard)
+            return linear(h, self.lm_head, None, self.linear)
+        local = linear(h, self.lm_head_shard, None, self.linear)
         if self.comm == "none":
             return local
         return self.ctx.gather_last(local)[..., :self.lm_head.shape[0]]

@@ -59,8 +59,8 @@ from spd_ref.latency.consistency import check_row
 from spd_ref.latency.schema import RowWriter, make_row, run_metadata
 from spd_ref.latency.timing import graphed, ranks_agree, run_then_exit, slowest_rank, time_calls
 from spd_ref.latency.workload import DTYPES, SHAPES, blocks_for_ratio, llama_config, parse_list
-from spd_ref.model import (ATTENTION_IMPLS, COMPILE_MODES, DEFAULT_ATTENTION, DEFAULT_LM_HEAD, LM_HEAD_MODES,
-                           TPTransformer)
+from spd_ref.model import (ATTENTION_IMPLS, COMPILE_MODES, DEFAULT_ATTENTION, DEFAULT_LINEAR, DEFAULT_LM_HEAD,
+                           LINEAR_IMPLS, LM_HEAD_MODES, TPTransformer)
 from spd_ref.tp import ALLREDUCE_KINDS, DEFAULT_ALLREDUCE, TPContext
 
 # ---- the model -----------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def bench_model(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> 
     gen = torch.Generator(device=dev).manual_seed(args.seed)
     base = dict(impl="spd_ref", shape=shape, layers=cfg.num_hidden_layers, hidden=cfg.hidden_size,
                 cuda_graph=dev.type == "cuda", tag=args.tag, lm_head=model.lm_head_mode,
-                attention=model.attention)
+                attention=model.attention, linear=model.linear)
 
     def row(kind: str, ratio: Optional[float], blocks: list[int], times: list[float], **kw) -> dict:
         med, p90, per_rank = slowest_rank(ctx, times)
@@ -162,7 +162,7 @@ def build_model(ctx, shape: str, args):
         model, label = TPTransformer.from_hf(config, state, ctx, dtype), folder.name
     else:
         model, label = TPTransformer.random(llama_config(shape, args.layers), ctx, dtype, seed=args.seed), shape
-    model.lm_head_mode, model.attention = args.lm_head, args.attention
+    model.lm_head_mode, model.attention, model.linear = args.lm_head, args.attention, args.linear
     return model, label
 
 
@@ -231,6 +231,9 @@ def parser() -> argparse.ArgumentParser:
            "replicated = every rank reads the whole head, no collective")
     a("--attention", choices=ATTENTION_IMPLS, default=DEFAULT_ATTENTION,
       help=f"[ours: {DEFAULT_ATTENTION}] decode attention: sdpa = the library kernel, math = spelled out for the compiler")
+    a("--linear", choices=LINEAR_IMPLS, default=DEFAULT_LINEAR,
+      help=f"[ours: {DEFAULT_LINEAR}] projections of <= 16 rows: torch = F.linear (what the compiler makes of it), "
+           "triton = spd_ref.kernels.gemv")
     a("--shard-of", type=number(int, 1), default=1, metavar="N",
       help="one process, no torchrun: time rank 0's shard of a TP-N model with no communication "
            "(the per-GPU compute of TP N on one GPU; floor rows only, shard_proxy=true)")

@@ -35,7 +35,8 @@ ROW_FIELDS = ("kind", "impl", "shape", "layers", "hidden", "tp", "p2p", "batch",
               "spd_ratio", "no_comm", "spd_blocks", "sync_points_per_token", "sync_bytes", "bytes",
               "compiled", "cuda_graph", "ms_median", "ms_p90", "ms_median_ranks", "repeats", "busbw_gbps",
               "ranks_agree", "compile_s", "compile_mode", "lm_head", "shard_proxy", "gpu", "gpu_count", "torch", "nccl",
-              "cuda", "date", "dtype", "tag", "allreduce", "consistent", "consistency", "attention", "inductor")
+              "cuda", "date", "dtype", "tag", "allreduce", "consistent", "consistency", "attention", "inductor",
+              "linear")
 
 
 def make_row(meta: dict, **fields) -> dict:
