@@ -8,8 +8,8 @@ count it times y = x W^T in a CUDA graph of back-to-back calls, cycling through 
 that no call finds its weight in L2 (a decode step reads every layer's weights once). It reports
 microseconds per call and the weight bytes over that time (TB/s), for: `cublas` (F.linear), `inductor`
 (torch.compile of F.linear with max-autotune-no-cudagraphs, the bench's default: one-row matmuls
-become reduction kernels), `triton` (spd_ref.kernels.gemv autotuned) and every `triton` candidate
-config, and `read` (a sum over W: how fast this GPU streams the bytes at all, a reference, not a bound).
+become reduction kernels), `triton` (spd_ref.kernels.gemv with its chosen setting) and every
+`triton` candidate setting, and `read` (a sum over W: how fast this GPU streams the bytes at all, a reference, not a bound).
 Outputs are checked against cuBLAS (bf16 tolerance) before anything is timed.
 """
 import argparse
@@ -37,7 +37,7 @@ def projections(shape: str, tp: int) -> dict[str, tuple[int, int]]:
 
 def time_us(fn, weights, x, repeats: int) -> float:
     """Microseconds per call of fn(x, w), over CUDA-graph replays of one call per weight copy."""
-    for w in weights:  # compile / autotune outside the capture
+    for w in weights:  # compile outside the capture
         fn(x, w)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--rows", default="1,16")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--no-inductor", action="store_true", help="skip the inductor column (its compiles take minutes)")
-    ap.add_argument("--no-configs", action="store_true", help="time only the autotuned kernel, not each candidate")
+    ap.add_argument("--no-configs", action="store_true", help="time only the kernel's chosen setting, not each candidate")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     import triton

@@ -17,6 +17,7 @@
 #   bash scripts/gpu_sweep.sh h2e    # 2 H200s: compile settings (GEMVs as matmuls or reductions); TP 2 and TP 1 with the best
 #   bash scripts/gpu_sweep.sh h2f    # 2 H200s: the record again with slowest-rank floors (h2b, then 13B)
 #   bash scripts/gpu_sweep.sh h2g    # 2 H200s: the decode GEMVs as a Triton kernel (microbenchmark, TP 2, floors, check)
+#   bash scripts/gpu_sweep.sh h2h    # 2 H200s: the record with --compile-mode auto, TP 2 with the Triton GEMV, check, TP 1
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -326,6 +327,18 @@ case "$PHASE" in
     raw gpu-check 120 "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node 2 scripts/gpu_check.py \
       --layers 4 --out "$OUT/gpu_check_$PHASE.json"
     ;;
+  h2h)
+    # Two H200s (issue 11): the record with --compile-mode auto (max-autotune at batch 1, default at 16):
+    # 7B TP 2 (nccl, oneshot; SPD 0..100%; floor; batch 1, 16), TP 2 with the Triton GEMV (--linear
+    # triton; SPD 0, 1; floor), the GPU equality check (with the Triton GEMV), TP 1.
+    R=(bench --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --ctx 512 --batch 1,16
+       --out "$JSONL" --tag h2h)
+    step tp2-auto 250 --nproc 2 --p2p on "${R[@]}" --spd-ratios 0,0.25,0.5,0.75,1 --allreduce nccl,oneshot
+    step tp2-triton 150 --nproc 2 --p2p on "${R[@]}" --spd-ratios 0,1 --allreduce oneshot --linear triton
+    raw gpu-check 100 "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node 2 scripts/gpu_check.py \
+      --layers 4 --out "$OUT/gpu_check_$PHASE.json"
+    step tp1 70 --nproc 1 "${R[@]}"
+    ;;
   smoke)
     # 2-layer models: every code path (compiled + graphs, eager + graphs, GQA, P2P off, the peer) and
     # the compile time of one block (compile_s in the rows), in about 3 minutes.
@@ -339,6 +352,6 @@ case "$PHASE" in
       --out "$JSONL" --tag smoke
     ;;
   *)
-    echo "unknown phase $PHASE: use a, b, c, d, e, h2a, h2b, h2c, h2d, h2e, h2f, h2g, peer, tune, head or smoke"; exit 2 ;;
+    echo "unknown phase $PHASE: use a, b, c, d, e, h2a, h2b, h2c, h2d, h2e, h2f, h2g, h2h, peer, tune, head or smoke"; exit 2 ;;
 esac
 finish

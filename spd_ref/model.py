@@ -25,6 +25,8 @@ import torch.nn.functional as F
 
 from spd_ref.block import BlockMode, block_residual
 from spd_ref.hf import validate_blocks
+from spd_ref.kernels import gemv
+from spd_ref.kernels.attention import ATTENTION_IMPLS, DEFAULT_ATTENTION, attention  # noqa: F401 (for the CLIs)
 from spd_ref.kernels.gemv import DEFAULT_LINEAR, LINEAR_IMPLS, linear  # noqa: F401 (LINEAR_IMPLS for the CLIs)
 from spd_ref.partition import partition_for_config
 from spd_ref.shards import HF_NAMES, WEIGHTS, fuse_block, full_shapes, rank_slices, vocab_shard
@@ -37,8 +39,15 @@ DEFAULT_LM_HEAD = "split"  # [ours] see the module docstring; measured in result
 # max-autotune-no-cdt keeps them matmuls, autotuned between cuBLAS and Triton templates.
 COMPILE_MODES = {"default": {}, "max-autotune-no-cudagraphs": {"mode": "max-autotune-no-cudagraphs"},
                  "max-autotune-no-cdt": {"options": {"max_autotune": True, "coordinate_descent_tuning": False}}}
-ATTENTION_IMPLS = ("sdpa", "math")
-DEFAULT_ATTENTION = "sdpa"  # [ours] measured against "math" in results/h200_x2_compute/README.md
+# compile_blocks("auto"): (mode for calls of one token row, mode for more rows). [ours] On 2 x H200 the
+# TP-2 floor of the 7B shape was 2.81 against 2.85 ms at batch 1 but 3.91 against 3.29 ms at batch 16
+# (max-autotune against default, results/h200_x2_compute/README.md).
+AUTO_COMPILE = ("max-autotune-no-cudagraphs", "default")
+
+
+def compile_mode_for(mode: str, rows: int) -> str:
+    """The COMPILE_MODES name that `mode` ("auto" or a name) compiles a call of `rows` token rows with."""
+    return (AUTO_COMPILE[0] if rows == 1 else AUTO_COMPILE[1]) if mode == "auto" else mode
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -50,28 +59,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-
-def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-              impl: str = DEFAULT_ATTENTION) -> torch.Tensor:
-    """Softmax attention of q (B, Hq, T, hd) over the cache (B, Hkv, S, hd); query head h reads KV
-    head h // (Hq / Hkv); mask (1, 1, T, S) is True where a key may be read.
-
-    "sdpa" calls the library kernel. "math" spells it out (fp32 scores and softmax, as the fused
-    kernels compute internally) so the compiler generates and fuses its own kernels: for one decode
-    token the library kernel's fixed cost and its mask preparation can outweigh the arithmetic.
-    """
-    if impl not in ATTENTION_IMPLS:
-        raise ValueError(f"attention {impl!r}: unknown. Fix: use one of {', '.join(ATTENTION_IMPLS)}")
-    if impl == "sdpa":
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
-                                              enable_gqa=q.shape[1] != keys.shape[1])
-    b, hq, t, hd = q.shape
-    n_kv, s = keys.shape[1], keys.shape[2]
-    grouped = q.float().reshape(b, n_kv, hq // n_kv * t, hd)  # a KV head's query heads side by side
-    scores = (grouped @ keys.float().transpose(-1, -2) * hd ** -0.5).view(b, n_kv, -1, t, s)
-    probs = scores.masked_fill(~mask[:, :, None], float("-inf")).softmax(-1).view(b, n_kv, -1, s)
-    return (probs @ values.float()).view(b, hq, t, hd).to(q.dtype)
 
 
 def block_forward(x: torch.Tensor, w: dict, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -123,7 +110,7 @@ class TPTransformer(nn.Module):
         self.lm_head_shard = vocab_shard(lm_head, ctx.rank, ctx.world_size)
         self.lm_head_mode = DEFAULT_LM_HEAD  # checked by the setter below
         self.attention = DEFAULT_ATTENTION  # "sdpa" or "math": see attention()
-        self.linear = DEFAULT_LINEAR  # one of LINEAR_IMPLS: see spd_ref.kernels.gemv
+        self.linear = DEFAULT_LINEAR  # checked by the setter below
         self.act, self.eps = ACT2FN[config.hidden_act], config.rms_norm_eps
         group = config.num_attention_heads // self.partition.num_kv_heads
         kv_of_q = [h // group - shard.kv_heads.start for h in shard.q_heads]
@@ -137,7 +124,7 @@ class TPTransformer(nn.Module):
         self.kv_index = torch.tensor(kv_of_q, device=ctx.device)
         self.block_modes = [BlockMode.TP] * len(blocks)
         self.comm = "allreduce"
-        self._block_fn = block_forward
+        self._block_fn_for_rows: Callable[[int], Callable] = lambda rows: block_forward
         self.caches: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # ---- construction -------------------------------------------------------------------------
@@ -203,6 +190,16 @@ class TPTransformer(nn.Module):
             raise ValueError(f"lm_head mode {mode!r} is not known. Fix: one of {', '.join(LM_HEAD_MODES)}")
         self._lm_head_mode = mode
 
+    @property
+    def linear(self) -> str:
+        """The projections' implementation, one of LINEAR_IMPLS (spd_ref.kernels.gemv)."""
+        return self._linear
+
+    @linear.setter
+    def linear(self, impl: str) -> None:
+        gemv.prepare(impl)  # checks impl; registers the kernel's op before any compile
+        self._linear = impl
+
     def set_spd_blocks(self, spd_blocks: Iterable[int], mode: BlockMode = BlockMode.SPD) -> None:
         chosen = validate_blocks(spd_blocks, len(self.blocks))
         self.block_modes = [mode if i in chosen else BlockMode.TP for i in range(len(self.blocks))]
@@ -215,20 +212,22 @@ class TPTransformer(nn.Module):
         return sum(2 if m is BlockMode.TP else 1 for m in self.block_modes)
 
     def compile_blocks(self, mode: str = "default") -> None:
-        """torch.compile the block function (`mode`: a name of COMPILE_MODES); weights are inputs, so
-        one compile serves all layers.
+        """torch.compile the block function (`mode`: a name of COMPILE_MODES, or "auto": AUTO_COMPILE's
+        mode by the call's token rows); weights are inputs, so one compile serves all layers.
 
         It still compiles once per (block mode, sync function, batch, tokens per call): raise dynamo's
         recompile limit so a sweep over those never falls back to eager silently.
         """
         import torch._dynamo.config as dynamo_config
 
-        if mode not in COMPILE_MODES:
-            raise ValueError(f"compile mode {mode!r}: unknown. Fix: use one of {', '.join(COMPILE_MODES)}")
+        if mode not in COMPILE_MODES and mode != "auto":
+            raise ValueError(f"compile mode {mode!r}: unknown. Fix: use auto or one of {', '.join(COMPILE_MODES)}")
         for name in ("recompile_limit", "cache_size_limit"):
             if hasattr(dynamo_config, name):
                 setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
-        self._block_fn = torch.compile(block_forward, fullgraph=True, dynamic=False, **COMPILE_MODES[mode])
+        fns = {m: torch.compile(block_forward, fullgraph=True, dynamic=False, **COMPILE_MODES[m])
+               for m in {compile_mode_for(mode, 1), compile_mode_for(mode, 2)}}
+        self._block_fn_for_rows = lambda rows: fns[compile_mode_for(mode, rows)]
 
     def setup_cache(self, batch: int, max_seq_len: int) -> None:
         shard = self.partition[self.ctx.rank]
@@ -250,8 +249,9 @@ class TPTransformer(nn.Module):
         cos, sin = self.rope[0][input_pos], self.rope[1][input_pos]
         mask = self.causal[input_pos][None, None]
         sync = skip_sync if self.comm == "none" else self.ctx.sync
+        block_fn = self._block_fn_for_rows(x.shape[0] * x.shape[1])
         for w, (kc, vc), mode in zip(self.blocks, self.caches, self.block_modes):
-            x = self._block_fn(x, w, kc, vc, cos, sin, input_pos, mask, mode, sync, self.act, self.eps,
+            x = block_fn(x, w, kc, vc, cos, sin, input_pos, mask, mode, sync, self.act, self.eps,
                                self.gqa, self.kv_index, self.attention, self.linear)
         return self._logits(rms_norm(x, self.final_norm, self.eps))
 

@@ -104,3 +104,21 @@ def test_lm_head_mode_is_checked_when_set():
     with pytest.raises(ValueError, match="'vocab'.*split, replicated"):
         rt.lm_head_mode = "vocab"
     assert rt.lm_head_mode == "replicated"
+
+
+def test_compile_mode_auto_picks_a_mode_by_token_rows():
+    """auto: max-autotune for one-row decode, default for more rows; one compiled function per mode."""
+    from spd_ref.model import AUTO_COMPILE, compile_mode_for
+
+    assert [compile_mode_for("auto", r) for r in (1, 2, 16)] == [AUTO_COMPILE[0], AUTO_COMPILE[1], AUTO_COMPILE[1]]
+    assert compile_mode_for("default", 1) == "default"
+    rt = TPTransformer.from_hf(tiny_config(), random_model(tiny_config()).state_dict(), init_distributed())
+    rt.compile_blocks("auto")
+    assert rt._block_fn_for_rows(1) is not rt._block_fn_for_rows(16)
+    assert rt._block_fn_for_rows(16) is rt._block_fn_for_rows(4)
+    rt.compile_blocks("default")
+    assert rt._block_fn_for_rows(1) is rt._block_fn_for_rows(16)
+    with pytest.raises(ValueError, match="compile mode 'fast'"):
+        rt.compile_blocks("fast")
+    with pytest.raises(ValueError, match="linear impl 'cuda'"):
+        rt.linear = "cuda"

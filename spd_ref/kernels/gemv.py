@@ -6,7 +6,12 @@ matmuls reached 2.2-3.6 of the 4.8 TB/s (results/h200_x2_compute/README.md). Thi
 plain streaming form: each program owns BLOCK_N outputs (rows of W) for every row of x and walks K
 in BLOCK_K steps with an fp32 accumulator. One row of x multiplies and sums; 2..16 rows use tl.dot
 (tensor cores take 16 rows; the missing ones are masked). There is no split-K: with BLOCK_N of 4-32
-even a 4096-output projection gives hundreds of programs for the 132 SMs.
+even a 4096-output projection gives hundreds of programs for the 132 SMs. Launch settings are fixed
+per row class, not autotuned: Triton's autotuner chose slower settings than the best fixed one (7B TP-2
+gate/up at one row: 32.1 against 27.7 us), and two ranks that tune apart run different kernels.
+
+Measured (scripts/gemv_bench.py, results/h200_x2_gemv): on H200 it matches cuBLAS at 16 rows and is
+slower than cuBLAS and inductor at one row, so "torch" stays the default.
 
 `linear(x, w, b, impl)`: "torch" is F.linear. "triton" sends bf16/fp16 inputs of at most MAX_ROWS
 rows to the kernel, through a torch.library triton_op so torch.compile keeps the kernel inside the
@@ -24,13 +29,14 @@ import torch
 import torch.nn.functional as F
 
 LINEAR_IMPLS = ("torch", "triton")
-DEFAULT_LINEAR = "torch"  # [ours] the default until the kernel is measured faster (results/h200_x2_gemv)
+DEFAULT_LINEAR = "torch"  # [ours] the kernel was measured no faster (module docstring)
 MAX_ROWS = 16  # one tensor-core tile of rows: batch 16 decode, or any x of up to 16 rows
-# Launch settings autotuned per (rows, N, K): (BLOCK_N, BLOCK_K, num_warps, num_stages). [ours] the
-# candidates of a microbenchmark on H200 (scripts/gemv_bench.py) that covers the shapes the bench runs.
+# Launch settings (BLOCK_N, BLOCK_K, num_warps, num_stages): the candidates scripts/gemv_bench.py times;
+# the first of each table is the one used [ours: the fastest in sum over the 7B TP-1, 7B TP-2 and 13B TP-2
+# block projections on H200, results/h200_x2_gemv].
 ONE_ROW_CONFIGS = ((4, 1024, 4, 2), (8, 512, 4, 2), (8, 1024, 4, 3), (16, 512, 4, 3), (16, 256, 4, 4),
                    (32, 256, 4, 3), (8, 2048, 8, 2), (16, 1024, 8, 2), (32, 512, 8, 3))
-MANY_ROW_CONFIGS = ((16, 128, 4, 4), (16, 256, 4, 3), (32, 128, 4, 4), (32, 256, 4, 3),
+MANY_ROW_CONFIGS = ((32, 128, 4, 4), (16, 256, 4, 3), (16, 128, 4, 4), (32, 256, 4, 3),
                     (64, 128, 4, 3), (64, 256, 8, 3), (16, 512, 4, 2), (32, 512, 8, 2))
 
 
@@ -40,7 +46,7 @@ def interpreting() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _triton():
-    """(triton, kernel, autotuned kernels by row block) built on first use."""
+    """(triton, kernel) built on first use."""
     try:
         import triton
         import triton.language as tl
@@ -72,11 +78,7 @@ def _triton():
         tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], acc.to(y_ptr.dtype.element_ty),
                  mask=(rows[:, None] < M) & (cols[None, :] < N))
 
-    def tuned(configs):
-        return triton.autotune([triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=wp, num_stages=st)
-                                for n, k, wp, st in configs], key=["M", "N", "K"])(gemv_kernel)
-
-    return triton, gemv_kernel, {1: tuned(ONE_ROW_CONFIGS), MAX_ROWS: tuned(MANY_ROW_CONFIGS)}
+    return triton, gemv_kernel
 
 
 def _check(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> None:
@@ -89,46 +91,51 @@ def _check(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> None:
 
 def launch(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None,
            config: Optional[tuple[int, int, int, int]] = None, wrap=None) -> torch.Tensor:
-    """y (M, N) = x (M, K) W (N, K)^T (+ b): autotuned, or with one `config` of the tables above.
+    """y (M, N) = x (M, K) W (N, K)^T (+ b), with `config` or the first of its row class's table.
     `wrap` is torch.library.wrap_triton inside the torch op (for the compiler); None launches directly."""
     _check(x, w, b)
-    triton, kernel, autotuned = _triton()
+    triton, kernel = _triton()
     m, n = x.shape[0], w.shape[0]
-    block_m = 1 if m == 1 else MAX_ROWS
+    bn, bk, warps, stages = config or (ONE_ROW_CONFIGS if m == 1 else MANY_ROW_CONFIGS)[0]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    args = (x, w, w if b is None else b, y, m, n, x.shape[1], x.stride(0), w.stride(0), y.stride(0))
-    if config is None and interpreting():  # the interpreter has no timer to autotune with
-        config = (ONE_ROW_CONFIGS if m == 1 else MANY_ROW_CONFIGS)[0]
-    if config is None:
-        fn = autotuned[block_m]
-        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-        (wrap(fn) if wrap else fn)[grid](*args, HAS_BIAS=b is not None, BLOCK_M=block_m, UPCAST=False)
-    else:
-        bn, bk, warps, stages = config
-        (wrap(kernel) if wrap else kernel)[(triton.cdiv(n, bn),)](
-            *args, HAS_BIAS=b is not None, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, UPCAST=interpreting(),
-            num_warps=warps, num_stages=stages)
+    (wrap(kernel) if wrap else kernel)[(triton.cdiv(n, bn),)](
+        x, w, w if b is None else b, y, m, n, x.shape[1], x.stride(0), w.stride(0), y.stride(0),
+        HAS_BIAS=b is not None, BLOCK_M=1 if m == 1 else MAX_ROWS, BLOCK_N=bn, BLOCK_K=bk,
+        UPCAST=interpreting(), num_warps=warps, num_stages=stages)
     return y
 
 
-@functools.lru_cache(maxsize=None)
-def _op():
-    """torch.ops.spd_ref.gemv, registered once: the kernel as a torch op the compiler can trace."""
-    from torch.library import triton_op, wrap_triton
+_OP = None  # torch.ops.spd_ref.gemv once prepare() registered it
 
-    @triton_op("spd_ref::gemv", mutates_args=())
-    def gemv(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return launch(x, w, b, wrap=wrap_triton)
 
-    return gemv
+def prepare(impl: str) -> None:
+    """Register the kernel's torch op for impl "triton" (once; outside any compile: dynamo cannot trace
+    the registration). TPTransformer calls this when its `linear` is set."""
+    global _OP
+    if impl not in LINEAR_IMPLS:
+        raise ValueError(f"linear impl {impl!r}: unknown. Fix: use one of {', '.join(LINEAR_IMPLS)}")
+    if impl == "triton" and _OP is None:
+        _triton()  # a missing triton fails here, with its fix
+        from torch.library import triton_op, wrap_triton
+
+        @triton_op("spd_ref::gemv", mutates_args=())
+        def gemv(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+            return launch(x, w, b, wrap=wrap_triton)
+
+        _OP = gemv
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None, impl: str = DEFAULT_LINEAR) -> torch.Tensor:
     """F.linear(x, w, b), with impl "triton" sending a decode-sized half-precision x to the kernel."""
     if impl not in LINEAR_IMPLS:
         raise ValueError(f"linear impl {impl!r}: unknown. Fix: use one of {', '.join(LINEAR_IMPLS)}")
+    if impl == "triton" and _OP is None:
+        if torch.compiler.is_compiling():
+            raise RuntimeError("linear impl 'triton' inside a compile needs the op registered first. "
+                               "Fix: call spd_ref.kernels.gemv.prepare('triton') before compiling")
+        prepare(impl)
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if impl == "torch" or rows == 0 or rows > MAX_ROWS or x.dtype not in (torch.bfloat16, torch.float16):
         return F.linear(x, w, b)
-    y = _op()(x.reshape(rows, x.shape[-1]).contiguous(), w, b)
+    y = _OP(x.reshape(rows, x.shape[-1]).contiguous(), w, b)
     return y.view(*x.shape[:-1], w.shape[0])

@@ -15,9 +15,9 @@ How it times (DESIGN.md, performance protocol):
   Prefill runs the eager blocks in a graph (compiling every prompt length would cost more device
   time than it saves on long prompts), so prefill rows say compiled=false.
 - Sync points use each --allreduce kind in turn (nccl, oneshot: spd_ref.tp); rows say which.
-- [ours] Decode compiles with inductor's max-autotune-no-cudagraphs (which writes the decode GEMVs
-  as tuned reduction kernels), at batch 1 faster than "default" (results/h100/README.md,
-  results/h200_x2_compute/README.md); the split lm_head (`--lm-head`, spd_ref.model) is the default too.
+- [ours] Decode compiles with --compile-mode auto: inductor's max-autotune-no-cudagraphs at batch 1
+  (decode GEMVs as tuned reduction kernels, faster than "default"), "default" at larger batches
+  (results/h100/README.md, results/h200_x2_compute/README.md); the split lm_head is the default too.
 - `--shard-of N` times, in one process, rank 0's shard of a TP-N model with no communication:
   the TP-N floor on one GPU (rows with shard_proxy=true), for work on compute without N GPUs.
 - CPU (gloo): eager, time.perf_counter. These numbers only exercise the code path (tests).
@@ -60,7 +60,7 @@ from spd_ref.latency.schema import RowWriter, make_row, run_metadata
 from spd_ref.latency.timing import graphed, ranks_agree, run_then_exit, slowest_rank, time_calls
 from spd_ref.latency.workload import DTYPES, SHAPES, blocks_for_ratio, llama_config, parse_list
 from spd_ref.model import (ATTENTION_IMPLS, COMPILE_MODES, DEFAULT_ATTENTION, DEFAULT_LINEAR, DEFAULT_LM_HEAD,
-                           LINEAR_IMPLS, LM_HEAD_MODES, TPTransformer)
+                           LINEAR_IMPLS, LM_HEAD_MODES, TPTransformer, compile_mode_for)
 from spd_ref.tp import ALLREDUCE_KINDS, DEFAULT_ALLREDUCE, TPContext
 
 # ---- the model -----------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ def bench_model(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> 
                 measured = row("decode", ratio, blocks, times, batch=batch, ctx=ctx_len,
                                sync_bytes=batch * cfg.hidden_size * model.embed.element_size(),
                                compiled=compiled, ranks_agree=agree, compile_s=round(warm_s, 2),
-                               compile_mode=args.compile_mode if compiled else None)
+                               compile_mode=compile_mode_for(args.compile_mode, batch) if compiled else None)
                 group.append(check_row(measured, group))  # floor <= this row, SPD 100% <= baseline
                 writer.add(group[-1])
                 del replay, graph, out
@@ -219,9 +219,10 @@ def parser() -> argparse.ArgumentParser:
     a("--no-comm", action="store_true", help="also measure the floor: every all-reduce removed")
     a("--compile", choices=("auto", "on", "off"), default="auto",
       help="torch.compile the decode blocks: auto = on GPUs only (CPU compiles are for tests)")
-    a("--compile-mode", default="max-autotune-no-cudagraphs", choices=list(COMPILE_MODES),
-      help="torch.compile setting of the decode blocks (spd_ref.model.COMPILE_MODES) [ours: max-autotune: at batch "
-           "1 faster than 'default' (H100 5-10%%, H200 1-11%%), at batch 16 slower on H200]; CUDA graphs either way")
+    a("--compile-mode", default="auto", choices=["auto", *COMPILE_MODES],
+      help="torch.compile setting of the decode blocks (spd_ref.model.COMPILE_MODES) [ours: auto = max-autotune at "
+           "batch 1 (faster than 'default': H100 5-10%%, H200 1-11%%), default at larger batches (H200 batch 16: "
+           "16%% faster)]; rows record the mode that ran; CUDA graphs either way")
     a("--allreduce", type=_kinds, default=DEFAULT_ALLREDUCE,
       help=f"comma list of sync-point all-reduces: {', '.join(ALLREDUCE_KINDS)} [ours: {DEFAULT_ALLREDUCE} = oneshot "
            "where it runs, measured fastest on 2 x H200, else nccl]. oneshot = PyTorch symmetric-memory one-shot "

@@ -1,0 +1,30 @@
+"""Decode attention, as the library kernel or spelled out for the compiler (`attention(..., impl)`)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION_IMPLS = ("sdpa", "math")
+DEFAULT_ATTENTION = "sdpa"  # [ours] measured against "math" in results/h200_x2_compute/README.md
+
+
+def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+              impl: str = DEFAULT_ATTENTION) -> torch.Tensor:
+    """Softmax attention of q (B, Hq, T, hd) over the cache (B, Hkv, S, hd); query head h reads KV
+    head h // (Hq / Hkv); mask (1, 1, T, S) is True where a key may be read.
+
+    "sdpa" calls the library kernel. "math" spells it out (fp32 scores and softmax, as the fused
+    kernels compute internally) so the compiler generates and fuses its own kernels: for one decode
+    token the library kernel's fixed cost and its mask preparation can outweigh the arithmetic.
+    """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention {impl!r}: unknown. Fix: use one of {', '.join(ATTENTION_IMPLS)}")
+    if impl == "sdpa":
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
+                                              enable_gqa=q.shape[1] != keys.shape[1])
+    b, hq, t, hd = q.shape
+    n_kv, s = keys.shape[1], keys.shape[2]
+    grouped = q.float().reshape(b, n_kv, hq // n_kv * t, hd)  # a KV head's query heads side by side
+    scores = (grouped @ keys.float().transpose(-1, -2) * hd ** -0.5).view(b, n_kv, -1, t, s)
+    probs = scores.masked_fill(~mask[:, :, None], float("-inf")).softmax(-1).view(b, n_kv, -1, s)
+    return (probs @ values.float()).view(b, hq, t, hd).to(q.dtype)
