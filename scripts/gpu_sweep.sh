@@ -18,6 +18,7 @@
 #   bash scripts/gpu_sweep.sh h2f    # 2 H200s: the record again with slowest-rank floors (h2b, then 13B)
 #   bash scripts/gpu_sweep.sh h2g    # 2 H200s: the decode GEMVs as a Triton kernel (microbenchmark, TP 2, floors, check)
 #   bash scripts/gpu_sweep.sh h2h    # 2 H200s: the record with --compile-mode auto, TP 2 with the Triton GEMV, check, TP 1
+#   bash scripts/gpu_sweep.sh h2i    # 2 H200s: the equality check with the Triton GEMV; batch-1 record again, TP 1
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -339,6 +340,17 @@ case "$PHASE" in
       --layers 4 --out "$OUT/gpu_check_$PHASE.json"
     step tp1 70 --nproc 1 "${R[@]}"
     ;;
+  h2i)
+    # Two H200s (issue 11): the GPU equality check with the Triton GEMV (h2h cut it at 100 s), then a
+    # second launch of h2h's batch-1 record (its floor: one rank's max-autotune compile ran 5.24 ms
+    # against the other's 2.79, which the consistency check flagged) and TP 1.
+    raw gpu-check 250 "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node 2 scripts/gpu_check.py \
+      --layers 4 --out "$OUT/gpu_check_$PHASE.json"
+    R=(bench --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --ctx 512 --batch 1
+       --out "$JSONL" --tag h2i)
+    step tp2 150 --nproc 2 --p2p on "${R[@]}" --spd-ratios 0,0.5,1 --allreduce nccl,oneshot
+    step tp1 60 --nproc 1 "${R[@]}"
+    ;;
   smoke)
     # 2-layer models: every code path (compiled + graphs, eager + graphs, GQA, P2P off, the peer) and
     # the compile time of one block (compile_s in the rows), in about 3 minutes.
@@ -352,6 +364,6 @@ case "$PHASE" in
       --out "$JSONL" --tag smoke
     ;;
   *)
-    echo "unknown phase $PHASE: use a, b, c, d, e, h2a, h2b, h2c, h2d, h2e, h2f, h2g, h2h, peer, tune, head or smoke"; exit 2 ;;
+    echo "unknown phase $PHASE: use a, b, c, d, e, h2a, h2b, h2c, h2d, h2e, h2f, h2g, h2h, h2i, peer, tune, head or smoke"; exit 2 ;;
 esac
 finish
