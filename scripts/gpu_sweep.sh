@@ -19,6 +19,7 @@
 #   bash scripts/gpu_sweep.sh h2g    # 2 H200s: the decode GEMVs as a Triton kernel (microbenchmark, TP 2, floors, check)
 #   bash scripts/gpu_sweep.sh h2h    # 2 H200s: the record with --compile-mode auto, TP 2 with the Triton GEMV, check, TP 1
 #   bash scripts/gpu_sweep.sh h2i    # 2 H200s: the equality check with the Triton GEMV; batch-1 record again, TP 1
+#   bash scripts/gpu_sweep.sh h2j    # 2 H200s: the batch-1 floor under max-autotune, auto and default
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -351,6 +352,16 @@ case "$PHASE" in
     step tp2 150 --nproc 2 --p2p on "${R[@]}" --spd-ratios 0,0.5,1 --allreduce nccl,oneshot
     step tp1 60 --nproc 1 "${R[@]}"
     ;;
+  h2j)
+    # Two H200s (issue 11): h2h and h2i (one machine) measured rank 0's batch-1 floor at 5.2-5.4 ms under
+    # --compile-mode auto; here the same TP-2 batch-1 rows (oneshot; SPD 0, 1; floor) under max-autotune,
+    # auto and default, in that order, on one machine.
+    R=(bench --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --ctx 512 --batch 1
+       --spd-ratios 0,1 --allreduce oneshot --out "$JSONL" --tag h2j)
+    step tp2-max-autotune 150 --nproc 2 --p2p on "${R[@]}" --compile-mode max-autotune-no-cudagraphs
+    step tp2-auto 150 --nproc 2 --p2p on "${R[@]}" --compile-mode auto
+    step tp2-default 100 --nproc 2 --p2p on "${R[@]}" --compile-mode default
+    ;;
   smoke)
     # 2-layer models: every code path (compiled + graphs, eager + graphs, GQA, P2P off, the peer) and
     # the compile time of one block (compile_s in the rows), in about 3 minutes.
@@ -364,6 +375,6 @@ case "$PHASE" in
       --out "$JSONL" --tag smoke
     ;;
   *)
-    echo "unknown phase $PHASE: use a, b, c, d, e, h2a, h2b, h2c, h2d, h2e, h2f, h2g, h2h, h2i, peer, tune, head or smoke"; exit 2 ;;
+    echo "unknown phase $PHASE: use a, b, c, d, e, h2a, h2b, h2c, h2d, h2e, h2f, h2g, h2h, h2i, h2j, peer, tune, head or smoke"; exit 2 ;;
 esac
 finish
