@@ -20,6 +20,7 @@
 #   bash scripts/gpu_sweep.sh h2h    # 2 H200s: the record with --compile-mode auto, TP 2 with the Triton GEMV, check, TP 1
 #   bash scripts/gpu_sweep.sh h2i    # 2 H200s: the equality check with the Triton GEMV; batch-1 record again, TP 1
 #   bash scripts/gpu_sweep.sh h2j    # 2 H200s: the batch-1 floor under max-autotune, auto and default
+#   bash scripts/gpu_sweep.sh h2k    # 2 H200s: the record in one call (auto compile), TP 1
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -362,6 +363,14 @@ case "$PHASE" in
     step tp2-auto 150 --nproc 2 --p2p on "${R[@]}" --compile-mode auto
     step tp2-default 100 --nproc 2 --p2p on "${R[@]}" --compile-mode default
     ;;
+  h2k)
+    # Two H200s (issue 11): the record in one call with --compile-mode auto: 7B TP 2 (nccl, oneshot; SPD
+    # 0, 0.5, 1; floor; batch 1, 16) and TP 1 at batch 1.
+    R=(bench --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --ctx 512 --out "$JSONL"
+       --tag h2k)
+    step tp2 230 --nproc 2 --p2p on "${R[@]}" --batch 1,16 --spd-ratios 0,0.5,1 --allreduce nccl,oneshot
+    step tp1 60 --nproc 1 "${R[@]}" --batch 1
+    ;;
   smoke)
     # 2-layer models: every code path (compiled + graphs, eager + graphs, GQA, P2P off, the peer) and
     # the compile time of one block (compile_s in the rows), in about 3 minutes.
@@ -375,6 +384,6 @@ case "$PHASE" in
       --out "$JSONL" --tag smoke
     ;;
   *)
-    echo "unknown phase $PHASE: use a, b, c, d, e, h2a, h2b, h2c, h2d, h2e, h2f, h2g, h2h, h2i, h2j, peer, tune, head or smoke"; exit 2 ;;
+    echo "unknown phase $PHASE: use a, b, c, d, e, h2a, h2b, h2c, h2d, h2e, h2f, h2g, h2h, h2i, h2j, h2k, peer, tune, head or smoke"; exit 2 ;;
 esac
 finish
