@@ -34,7 +34,7 @@ def assert_same(run_logits, run_tokens, prefill, steps, tokens):
 
 
 @pytest.mark.parametrize("blocks, attention, kv_heads", [
-    ([], "sdpa", 4), ([0, 2], "sdpa", 4), ([0, 2], "math", 4), ([0, 2], "math", 2)])
+    ([], "sdpa", 4), ([0, 2], "sdpa", 4), ([0, 2], "math", 4), ([0, 2], "math", 2), ([0, 2], "flex", 2)])
 def test_single_process_runtime_matches_simulated(blocks, attention, kv_heads):
     model = random_model(tiny_config(bias=True, kv_heads=kv_heads))
     ids = torch.randint(0, 256, (1, 11))
@@ -77,14 +77,15 @@ def test_torchrun_matches_simulated_smollm2(smollm2, tmp_path, blocks):
 
 @pytest.mark.parametrize("n_kv", [6, 3, 2, 1])
 @pytest.mark.parametrize("t", [1, 4])
-def test_math_attention_equals_sdpa(n_kv, t):
+def test_math_and_flex_attention_equal_sdpa(n_kv, t):
     g = torch.Generator().manual_seed(n_kv * 10 + t)
     q = torch.randn(2, 6, t, 8, generator=g)
     keys, values = (torch.randn(2, n_kv, 9, 8, generator=g) for _ in range(2))
     mask = torch.ones(9, 9, dtype=torch.bool).tril()[9 - t:][None, None]  # the last t positions, causal
     want = attention(q, keys, values, mask, "sdpa")
     assert (attention(q, keys, values, mask, "math") - want).abs().max() <= 1e-5
-    with pytest.raises(ValueError, match="'flash'.*sdpa, math"):
+    assert (attention(q, keys, values, mask, "flex") - want).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="'flash'.*sdpa, math, flex"):
         attention(q, keys, values, mask, "flash")
 
 

@@ -1,10 +1,10 @@
-"""Decode attention, as the library kernel or spelled out for the compiler (`attention(..., impl)`)."""
+"""Decode attention: the library kernel, spelled out for the compiler, or FlexAttention (`attention(..., impl)`)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-ATTENTION_IMPLS = ("sdpa", "math")
+ATTENTION_IMPLS = ("sdpa", "math", "flex")
 DEFAULT_ATTENTION = "sdpa"  # [ours] measured against "math" in results/h200_x2_compute/README.md
 
 
@@ -16,12 +16,22 @@ def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: t
     "sdpa" calls the library kernel. "math" spells it out (fp32 scores and softmax, as the fused
     kernels compute internally) so the compiler generates and fuses its own kernels: for one decode
     token the library kernel's fixed cost and its mask preparation can outweigh the arithmetic.
+    "flex" is torch's FlexAttention with the mask read inside the kernel (a score_mod, so no block mask
+    is built per step); compiled, inductor writes it as a split-KV decoding kernel for short queries.
+    Uncompiled it runs torch's reference path (slow; the CPU tests use it).
     """
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention {impl!r}: unknown. Fix: use one of {', '.join(ATTENTION_IMPLS)}")
     if impl == "sdpa":
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
                                               enable_gqa=q.shape[1] != keys.shape[1])
+    if impl == "flex":
+        from torch.nn.attention.flex_attention import flex_attention
+
+        def keep_allowed(score, b, h, q_idx, kv_idx):
+            return torch.where(mask[0, 0, q_idx, kv_idx], score, float("-inf"))
+
+        return flex_attention(q, keys, values, score_mod=keep_allowed, enable_gqa=q.shape[1] != keys.shape[1])
     b, hq, t, hd = q.shape
     n_kv, s = keys.shape[1], keys.shape[2]
     grouped = q.float().reshape(b, n_kv, hq // n_kv * t, hd)  # a KV head's query heads side by side
