@@ -18,7 +18,8 @@ def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: t
     token the library kernel's fixed cost and its mask preparation can outweigh the arithmetic.
     "flex" is torch's FlexAttention with the mask read inside the kernel (a score_mod, so no block mask
     is built per step); compiled, inductor writes it as a split-KV decoding kernel for short queries.
-    Uncompiled it runs torch's reference path (slow; the CPU tests use it).
+    Uncompiled it runs torch's reference path (slow; the CPU tests use it). On H200 the TP-2 shard floor
+    was 1 ms slower with it than with sdpa (results/h200_x2_gemv/README.md).
     """
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention {impl!r}: unknown. Fix: use one of {', '.join(ATTENTION_IMPLS)}")

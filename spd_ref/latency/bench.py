@@ -231,10 +231,10 @@ def parser() -> argparse.ArgumentParser:
       help="[ours: split] split = vocab-parallel lm_head + one all-gather of the logits; "
            "replicated = every rank reads the whole head, no collective")
     a("--attention", choices=ATTENTION_IMPLS, default=DEFAULT_ATTENTION,
-      help=f"[ours: {DEFAULT_ATTENTION}] decode attention: sdpa = the library kernel, math = spelled out for the compiler")
+      help=f"[ours: {DEFAULT_ATTENTION}] decode attention: sdpa = the library kernel, math = spelled out for the "
+           "compiler, flex = FlexAttention")
     a("--linear", choices=LINEAR_IMPLS, default=DEFAULT_LINEAR,
-      help=f"[ours: {DEFAULT_LINEAR}] projections of <= 16 rows: torch = F.linear (what the compiler makes of it), "
-           "triton = spd_ref.kernels.gemv")
+      help=f"[ours: {DEFAULT_LINEAR}] projections of <= 16 rows: torch = F.linear, triton = spd_ref.kernels.gemv")
     a("--shard-of", type=number(int, 1), default=1, metavar="N",
       help="one process, no torchrun: time rank 0's shard of a TP-N model with no communication "
            "(the per-GPU compute of TP N on one GPU; floor rows only, shard_proxy=true)")
