@@ -9,7 +9,8 @@ that no call finds its weight in L2 (a decode step reads every layer's weights o
 microseconds per call and the weight bytes over that time (TB/s), for: `cublas` (F.linear), `inductor`
 (torch.compile of F.linear with max-autotune-no-cudagraphs, the bench's default: one-row matmuls
 become reduction kernels), `triton` (spd_ref.kernels.gemv with its chosen setting) and every
-`triton` candidate setting, and `read` (a sum over W: how fast this GPU streams the bytes at all, a reference, not a bound).
+`triton` candidate setting, and `read` (a sum over W: how fast this GPU streams the bytes at all;
+a reference, not a bound).
 Outputs are checked against cuBLAS (bf16 tolerance) before anything is timed.
 """
 import argparse
@@ -62,7 +63,8 @@ def main() -> None:
     ap.add_argument("--rows", default="1,16")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--no-inductor", action="store_true", help="skip the inductor column (its compiles take minutes)")
-    ap.add_argument("--no-configs", action="store_true", help="time only the kernel's chosen setting, not each candidate")
+    ap.add_argument("--no-configs", action="store_true",
+                    help="time only the kernel's chosen setting, not each candidate")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     import triton

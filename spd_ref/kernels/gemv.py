@@ -125,7 +125,8 @@ def prepare(impl: str) -> None:
         _OP = gemv
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None, impl: str = DEFAULT_LINEAR) -> torch.Tensor:
+def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None,
+           impl: str = DEFAULT_LINEAR) -> torch.Tensor:
     """F.linear(x, w, b), with impl "triton" sending a decode-sized half-precision x to the kernel."""
     if impl not in LINEAR_IMPLS:
         raise ValueError(f"linear impl {impl!r}: unknown. Fix: use one of {', '.join(LINEAR_IMPLS)}")
