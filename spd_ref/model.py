@@ -25,9 +25,8 @@ import torch.nn.functional as F
 
 from spd_ref.block import BlockMode, block_residual
 from spd_ref.hf import validate_blocks
-from spd_ref.kernels import gemv
 from spd_ref.kernels.attention import ATTENTION_IMPLS, DEFAULT_ATTENTION, attention  # noqa: F401 (for the CLIs)
-from spd_ref.kernels.gemv import DEFAULT_LINEAR, LINEAR_IMPLS, linear  # noqa: F401 (LINEAR_IMPLS for the CLIs)
+from spd_ref.kernels.gemv import DEFAULT_LINEAR, LINEAR_IMPLS, linear, prepare  # noqa: F401 (LINEAR_IMPLS: CLIs)
 from spd_ref.partition import partition_for_config
 from spd_ref.shards import HF_NAMES, WEIGHTS, fuse_block, full_shapes, rank_slices, vocab_shard
 from spd_ref.tp import TPContext, skip_sync
@@ -109,7 +108,7 @@ class TPTransformer(nn.Module):
         self.embed, self.final_norm, self.lm_head = embed, final_norm, lm_head
         self.lm_head_shard = vocab_shard(lm_head, ctx.rank, ctx.world_size)
         self.lm_head_mode = DEFAULT_LM_HEAD  # checked by the setter below
-        self.attention = DEFAULT_ATTENTION  # "sdpa" or "math": see attention()
+        self.attention = DEFAULT_ATTENTION  # one of ATTENTION_IMPLS: see spd_ref.kernels.attention
         self.linear = DEFAULT_LINEAR  # checked by the setter below
         self.act, self.eps = ACT2FN[config.hidden_act], config.rms_norm_eps
         group = config.num_attention_heads // self.partition.num_kv_heads
@@ -197,7 +196,7 @@ class TPTransformer(nn.Module):
 
     @linear.setter
     def linear(self, impl: str) -> None:
-        gemv.prepare(impl)  # checks impl; registers the kernel's op before any compile
+        prepare(impl)  # checks impl; registers the kernel's op before any compile
         self._linear = impl
 
     def set_spd_blocks(self, spd_blocks: Iterable[int], mode: BlockMode = BlockMode.SPD) -> None:
@@ -252,7 +251,7 @@ class TPTransformer(nn.Module):
         block_fn = self._block_fn_for_rows(x.shape[0] * x.shape[1])
         for w, (kc, vc), mode in zip(self.blocks, self.caches, self.block_modes):
             x = block_fn(x, w, kc, vc, cos, sin, input_pos, mask, mode, sync, self.act, self.eps,
-                               self.gqa, self.kv_index, self.attention, self.linear)
+                         self.gqa, self.kv_index, self.attention, self.linear)
         return self._logits(rms_norm(x, self.final_norm, self.eps))
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:

@@ -128,13 +128,10 @@ def prepare(impl: str) -> None:
 def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None,
            impl: str = DEFAULT_LINEAR) -> torch.Tensor:
     """F.linear(x, w, b), with impl "triton" sending a decode-sized half-precision x to the kernel."""
-    if impl not in LINEAR_IMPLS:
-        raise ValueError(f"linear impl {impl!r}: unknown. Fix: use one of {', '.join(LINEAR_IMPLS)}")
-    if impl == "triton" and _OP is None:
-        if torch.compiler.is_compiling():
-            raise RuntimeError("linear impl 'triton' inside a compile needs the op registered first. "
-                               "Fix: call spd_ref.kernels.gemv.prepare('triton') before compiling")
-        prepare(impl)
+    if impl == "triton" and _OP is None and torch.compiler.is_compiling():
+        raise RuntimeError("linear impl 'triton' inside a compile needs the op registered first. "
+                           "Fix: call spd_ref.kernels.gemv.prepare('triton') before compiling")
+    prepare(impl)  # checks impl; registers the op on first eager use
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if impl == "torch" or rows == 0 or rows > MAX_ROWS or x.dtype not in (torch.bfloat16, torch.float16):
         return F.linear(x, w, b)
