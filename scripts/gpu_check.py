@@ -9,7 +9,8 @@ decode steps, without SPD and with SPD on half the blocks, in fp32 and bf16; eag
 replicated lm_head) and with the compiled block function (torch.compile modes default and
 max-autotune), with each sync-point all-reduce (nccl; oneshot, the symmetric-memory one-shot
 all-reduce, where GPUs allow it), and on GPUs with the decode projections as spd_ref.kernels.gemv's
-Triton kernel (linear "triton", eager and compiled); a oneshot row also gives its difference from the nccl row of the
+Triton kernel (linear "triton") and with decode attention as spd_ref.kernels.splitkv's (attention
+"triton"), each eager and compiled; a oneshot row also gives its difference from the nccl row of the
 same setting (`vs_nccl`). Decode steps are teacher-forced with the reference's tokens (random weights give
 near-tied logits, where bf16 rounding may flip an argmax). Works on CPUs with gloo too.
 """
@@ -84,19 +85,21 @@ def main() -> None:
         for blocks in ([], list(range(0, args.layers, 2))):
             ref = simulated(model, ids.to(ctx.device), ctx.world_size, blocks)
             # The latency sweep runs compiled bf16 steps: check that path, and fp32 eager for exactness.
-            # (compile mode, lm_head, linear): eager with both heads; compiled in both modes (bench's is
-            # max-autotune); the Triton GEMV (bf16 only: fp32 stays on F.linear) eager and compiled, on GPUs.
-            variants = [(None, "split", "torch"), (None, "replicated", "torch")]
+            # (compile mode, lm_head, linear, attention): eager with both heads; compiled in both modes
+            # (bench's is max-autotune); on GPUs the Triton GEMV and the split-KV attention kernel (bf16
+            # only: fp32 stays on F.linear and sdpa) eager and compiled.
+            variants = [(None, "split", "torch", "sdpa"), (None, "replicated", "torch", "sdpa")]
             if dtype == torch.bfloat16:
-                variants += [("default", "split", "torch"), ("max-autotune-no-cudagraphs", "split", "torch")]
+                variants += [("default", "split", "torch", "sdpa"), ("max-autotune-no-cudagraphs", "split", "torch", "sdpa")]
                 if ctx.device.type == "cuda":
-                    variants += [(None, "split", "triton"), ("max-autotune-no-cudagraphs", "split", "triton")]
-            for mode, head, linear in variants:
+                    variants += [(mode, "split", *kernels) for kernels in (("triton", "sdpa"), ("torch", "triton"))
+                                 for mode in (None, "max-autotune-no-cudagraphs")]
+            for mode, head, linear, attention in variants:
                 nccl_logits = None
                 for kind in kinds:
                     rt = TPTransformer.from_hf(config, model.state_dict(), ctx, dtype)
                     rt.set_spd_blocks(blocks)
-                    rt.lm_head_mode, rt.linear = head, linear
+                    rt.lm_head_mode, rt.linear, rt.attention = head, linear, attention
                     ctx.use_allreduce(kind, dtype)
                     if mode:
                         rt.compile_blocks(mode)
@@ -104,6 +107,7 @@ def main() -> None:
                     if ctx.is_main:
                         row = {"dtype": str(dtype).split(".")[-1], "spd_blocks": blocks, "compiled": mode is not None,
                                "compile_mode": mode, "lm_head": head, "allreduce": kind, "linear": linear,
+                               "attention": attention,
                                "tokens_equal": tokens[0].tolist() == ref[1], **compare(logits, ref[0])}
                         if nccl_logits is not None:
                             row["vs_nccl"] = compare(logits, nccl_logits)

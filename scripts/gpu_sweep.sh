@@ -21,6 +21,7 @@
 #   bash scripts/gpu_sweep.sh h2i    # 2 H200s: the equality check with the Triton GEMV; batch-1 record again, TP 1
 #   bash scripts/gpu_sweep.sh h2j    # 2 H200s: the batch-1 floor under max-autotune, auto and default
 #   bash scripts/gpu_sweep.sh h2k    # 2 H200s: the record in one call (auto compile), TP 1
+#   bash scripts/gpu_sweep.sh h1a    # 1 H200: the split-KV attention kernel (microbenchmark, TP-2 shard floors, check)
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -371,6 +372,19 @@ case "$PHASE" in
     step tp2 230 --nproc 2 --p2p on "${R[@]}" --batch 1,16 --spd-ratios 0,0.5,1 --allreduce nccl,oneshot
     step tp1 60 --nproc 1 "${R[@]}" --batch 1
     ;;
+  h1a)
+    # One H200 (issue 11): decode attention as spd_ref's split-KV Triton kernel (spd_ref.kernels.splitkv).
+    # The 7B TP-2 shard floor (batch 1, 16; ctx 512) with --attention sdpa, then triton; the attention microbenchmark (sdpa, compiled math and flex, the kernel eager and
+    # compiled; 7B TP-2 and TP-1 shards; batch 1, 16; ctx 512, 2048); the GPU equality check at TP 1; the
+    # sdpa floor again if time is left (each floor is its own max-autotune compile).
+    F="$PYTHON -m spd_ref bench --shard-of 2 --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --ctx 512 --batch 1,16 --out $JSONL --tag h1a-floor"
+    raw floor-sdpa 130 $F --attention sdpa
+    raw floor-triton 130 $F --attention triton
+    raw attention 120 "$PYTHON" scripts/attention_bench.py --repeats 20 --out "$OUT/attention_$PHASE.jsonl"
+    raw gpu-check 120 "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node 1 scripts/gpu_check.py \
+      --layers 4 --out "$OUT/gpu_check_$PHASE.json"
+    raw floor-sdpa-again 110 $F --attention sdpa
+    ;;
   smoke)
     # 2-layer models: every code path (compiled + graphs, eager + graphs, GQA, P2P off, the peer) and
     # the compile time of one block (compile_s in the rows), in about 3 minutes.
@@ -384,6 +398,6 @@ case "$PHASE" in
       --out "$JSONL" --tag smoke
     ;;
   *)
-    echo "unknown phase $PHASE: use a, b, c, d, e, h2a, h2b, h2c, h2d, h2e, h2f, h2g, h2h, h2i, h2j, h2k, peer, tune, head or smoke"; exit 2 ;;
+    echo "unknown phase $PHASE: use a, b, c, d, e, h1a, h2a, h2b, h2c, h2d, h2e, h2f, h2g, h2h, h2i, h2j, h2k, peer, tune, head or smoke"; exit 2 ;;
 esac
 finish

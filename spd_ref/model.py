@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 from spd_ref.block import BlockMode, block_residual
 from spd_ref.hf import validate_blocks
+from spd_ref.kernels import attention as attention_kernels, gemv
 from spd_ref.kernels.attention import ATTENTION_IMPLS, DEFAULT_ATTENTION, attention  # noqa: F401 (for the CLIs)
-from spd_ref.kernels.gemv import DEFAULT_LINEAR, LINEAR_IMPLS, linear, prepare  # noqa: F401 (LINEAR_IMPLS: CLIs)
+from spd_ref.kernels.gemv import DEFAULT_LINEAR, LINEAR_IMPLS, linear  # noqa: F401 (LINEAR_IMPLS: CLIs)
 from spd_ref.partition import partition_for_config
 from spd_ref.shards import HF_NAMES, WEIGHTS, fuse_block, full_shapes, rank_slices, vocab_shard
 from spd_ref.tp import TPContext, skip_sync
@@ -108,8 +109,7 @@ class TPTransformer(nn.Module):
         self.embed, self.final_norm, self.lm_head = embed, final_norm, lm_head
         self.lm_head_shard = vocab_shard(lm_head, ctx.rank, ctx.world_size)
         self.lm_head_mode = DEFAULT_LM_HEAD  # checked by the setter below
-        self.attention = DEFAULT_ATTENTION  # one of ATTENTION_IMPLS: see spd_ref.kernels.attention
-        self.linear = DEFAULT_LINEAR  # checked by the setter below
+        self.attention, self.linear = DEFAULT_ATTENTION, DEFAULT_LINEAR  # checked by the setters below
         self.act, self.eps = ACT2FN[config.hidden_act], config.rms_norm_eps
         group = config.num_attention_heads // self.partition.num_kv_heads
         kv_of_q = [h // group - shard.kv_heads.start for h in shard.q_heads]
@@ -196,8 +196,18 @@ class TPTransformer(nn.Module):
 
     @linear.setter
     def linear(self, impl: str) -> None:
-        prepare(impl)  # checks impl; registers the kernel's op before any compile
+        gemv.prepare(impl)  # checks impl; registers the kernel's op before any compile
         self._linear = impl
+
+    @property
+    def attention(self) -> str:
+        """The decode attention, one of ATTENTION_IMPLS (spd_ref.kernels.attention)."""
+        return self._attention
+
+    @attention.setter
+    def attention(self, impl: str) -> None:
+        attention_kernels.prepare(impl)  # checks impl; registers the kernel's op before any compile
+        self._attention = impl
 
     def set_spd_blocks(self, spd_blocks: Iterable[int], mode: BlockMode = BlockMode.SPD) -> None:
         chosen = validate_blocks(spd_blocks, len(self.blocks))

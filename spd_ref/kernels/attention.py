@@ -1,11 +1,27 @@
-"""Decode attention: the library kernel, spelled out for the compiler, or FlexAttention (`attention(..., impl)`)."""
+"""Decode attention: the library kernel, spelled out for the compiler, FlexAttention, or our split-KV
+Triton kernel (`attention(..., impl)`)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-ATTENTION_IMPLS = ("sdpa", "math", "flex")
+from spd_ref.kernels import splitkv
+
+ATTENTION_IMPLS = ("sdpa", "math", "flex", "triton")
 DEFAULT_ATTENTION = "sdpa"  # [ours] measured against "math" in results/h200_x2_compute/README.md
+
+
+def check(impl: str) -> None:
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention {impl!r}: unknown. Fix: use one of {', '.join(ATTENTION_IMPLS)}")
+
+
+def prepare(impl: str) -> None:
+    """Check impl; for "triton" register the kernel's torch op (outside any compile). TPTransformer calls
+    this when its `attention` is set."""
+    check(impl)
+    if impl == "triton":
+        splitkv.prepare()
 
 
 def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
@@ -20,10 +36,13 @@ def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: t
     is built per step); compiled, inductor writes it as a split-KV decoding kernel for short queries.
     Uncompiled it runs torch's reference path (slow; the CPU tests use it). On H200 the TP-2 shard floor
     was 1 ms slower with it than with sdpa (results/h200_x2_gemv/README.md).
+    "triton" is spd_ref.kernels.splitkv's split-KV kernel for half-precision queries of at most
+    splitkv.MAX_TOKENS tokens (decode); longer or fp32 queries go to sdpa.
     """
-    if impl not in ATTENTION_IMPLS:
-        raise ValueError(f"attention {impl!r}: unknown. Fix: use one of {', '.join(ATTENTION_IMPLS)}")
-    if impl == "sdpa":
+    check(impl)
+    if impl == "triton" and q.shape[2] <= splitkv.MAX_TOKENS and q.dtype in (torch.bfloat16, torch.float16):
+        return splitkv.decode_attention(q, keys, values, mask)
+    if impl in ("sdpa", "triton"):
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
                                               enable_gqa=q.shape[1] != keys.shape[1])
     if impl == "flex":
