@@ -9,7 +9,8 @@ through one cache per layer (a step reads every layer's cache once; one 7B TP-2 
 call and the cache bytes over that time (TB/s) for: `sdpa` (the runtime's default), `math` and `flex`
 (torch.compile of spd_ref.kernels.attention's spelled-out and FlexAttention forms, as the compiled
 block runs them), `triton` (spd_ref.kernels.splitkv, launched directly) and `triton-compiled`
-(through its torch op inside torch.compile, as the compiled block runs it). Every output is checked
+(through its torch op inside torch.compile, as the compiled block runs it), and the kernel with each
+candidate launch setting of splitkv.CONFIGS (`triton(...)`). Every output is checked
 against sdpa in fp32 (bf16 tolerance) before anything is timed.
 """
 import argparse
@@ -53,6 +54,7 @@ def main() -> None:
     ap.add_argument("--batch", default="1,16")
     ap.add_argument("--ctx", default="512,2048")
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--no-configs", action="store_true", help="time only the kernel's chosen setting")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     import triton
@@ -65,6 +67,9 @@ def main() -> None:
                "triton-compiled": torch.compile(lambda q, k, v, m: attention(q, k, v, m, "triton"), dynamic=False),
                "math": torch.compile(lambda q, k, v, m: attention(q, k, v, m, "math"), dynamic=False),
                "flex": torch.compile(lambda q, k, v, m: attention(q, k, v, m, "flex"), dynamic=False)}
+    if not args.no_configs:
+        methods.update({f"triton{cfg}": lambda q, k, v, m, cfg=cfg: splitkv.launch(q, k, v, m, cfg)
+                        for cfg in splitkv.CONFIGS})
     with open(args.out, "a") as out:
         for item in args.shapes.split(","):
             shape, tp = item.split(":")
@@ -80,18 +85,24 @@ def main() -> None:
                     k0, v0 = caches[0]
                     want = attention(q.float(), k0.float(), v0.float(), mask, "sdpa")
                     cache_bytes = 2 * batch * hkv * s * hd * 2
+                    timed = {}
                     for method, fn in methods.items():
                         err = (fn(q, k0, v0, mask).float() - want).abs().max().item()
                         if err > 2e-2 * want.abs().max().item():
                             raise SystemExit(f"{shape} tp{tp} b{batch} ctx{ctx} {method}: differs from sdpa by {err}")
-                        us = time_us(fn, caches, q, mask, args.repeats)
+                        us = timed[method] = time_us(fn, caches, q, mask, args.repeats)
                         row = dict(meta, shape=shape, tp=int(tp), batch=batch, ctx=ctx, heads=hq, kv_heads=hkv,
                                    method=method, us=round(us, 2), tb_s=round(cache_bytes / us / 1e6, 3),
-                                   max_err=err, spans=splitkv.spans_for(batch, hkv, 1, s)[1])
+                                   max_err=err)
                         out.write(json.dumps(row) + "\n")
                         out.flush()
-                        print(f"{shape} tp{tp} b{batch:2d} ctx{ctx:5d} {method:16s} {us:8.2f} us "
-                              f"{row['tb_s']:6.3f} TB/s", flush=True)
+                        if "(" not in method:
+                            print(f"{shape} tp{tp} b{batch:2d} ctx{ctx:5d} {method:16s} {us:8.2f} us "
+                                  f"{row['tb_s']:6.3f} TB/s", flush=True)
+                    configs = {k: v for k, v in timed.items() if "(" in k}
+                    if configs:
+                        best = min(configs, key=configs.get)
+                        print(f"    best candidate {best[6:]} {configs[best]:.2f} us", flush=True)
                     del caches
                     torch.cuda.empty_cache()
 

@@ -374,16 +374,18 @@ case "$PHASE" in
     ;;
   h1a)
     # One H200 (issue 11): decode attention as spd_ref's split-KV Triton kernel (spd_ref.kernels.splitkv).
-    # The 7B TP-2 shard floor (batch 1, 16; ctx 512) with --attention sdpa, then triton; the attention microbenchmark (sdpa, compiled math and flex, the kernel eager and
-    # compiled; 7B TP-2 and TP-1 shards; batch 1, 16; ctx 512, 2048); the GPU equality check at TP 1; the
-    # sdpa floor again if time is left (each floor is its own max-autotune compile).
+    # The 7B TP-2 shard floor (batch 1, 16; ctx 512) with --attention triton, then sdpa; the attention
+    # microbenchmark (sdpa, compiled math and flex, the kernel eager, compiled and in every candidate
+    # setting; 7B TP-2 shard; batch 1, 16; ctx 512, 2048); the GPU equality check at TP 1; both floors
+    # again if time is left (each floor is its own max-autotune compile).
     F="$PYTHON -m spd_ref bench --shard-of 2 --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --ctx 512 --batch 1,16 --out $JSONL --tag h1a-floor"
-    raw floor-sdpa 130 $F --attention sdpa
-    raw floor-triton 130 $F --attention triton
-    raw attention 120 "$PYTHON" scripts/attention_bench.py --repeats 20 --out "$OUT/attention_$PHASE.jsonl"
+    raw floor-triton 100 $F --attention triton
+    raw floor-sdpa 100 $F --attention sdpa
+    raw attention 150 "$PYTHON" scripts/attention_bench.py --shapes llama2-7b:2 --repeats 20 --out "$OUT/attention_$PHASE.jsonl"
     raw gpu-check 120 "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node 1 scripts/gpu_check.py \
       --layers 4 --out "$OUT/gpu_check_$PHASE.json"
-    raw floor-sdpa-again 110 $F --attention sdpa
+    raw floor-triton-again 60 $F --attention triton
+    raw floor-sdpa-again 60 $F --attention sdpa
     ;;
   smoke)
     # 2-layer models: every code path (compiled + graphs, eager + graphs, GQA, P2P off, the peer) and

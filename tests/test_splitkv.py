@@ -56,7 +56,9 @@ def assert_rounding_close(out, want):
 def test_kernel_equals_exact_attention(b, hq, hkv, t, s, hd):
     q, keys, values = operands(b, hq, hkv, t, s, hd)
     mask = causal(s, t, s - 6)  # the last 5 slots are not written yet: hidden
-    assert_rounding_close(splitkv.launch(q, keys, values, mask), exact(q, keys, values, mask))
+    want = exact(q, keys, values, mask)
+    for config in splitkv.CONFIGS:  # one span (written directly) and several (merged) among them
+        assert_rounding_close(splitkv.launch(q, keys, values, mask, config), want)
 
 
 def test_wholly_masked_spans_weigh_nothing():
@@ -70,12 +72,14 @@ def test_wholly_masked_spans_weigh_nothing():
     assert_rounding_close(splitkv.launch(q, keys, values, mask), exact(q, keys, values, mask))
 
 
+@pytest.mark.parametrize("config", splitkv.CONFIGS)
 @pytest.mark.parametrize("batch, n_kv, tiles, s", [(1, 16, 1, 513), (16, 16, 1, 2049), (1, 1, 1, 64), (1, 2, 3, 5000)])
-def test_spans_cover_the_cache_once(batch, n_kv, tiles, s):
-    span, spans = splitkv.spans_for(batch, n_kv, tiles, s)
-    assert span % splitkv.BLOCK_S == 0 and (spans - 1) * span < s <= spans * span
+def test_spans_cover_the_cache_once(batch, n_kv, tiles, s, config):
+    span, spans = splitkv.spans_for(batch, n_kv, tiles, s, config)
+    block_s, target = config[:2]
+    assert span % block_s == 0 and (spans - 1) * span < s <= spans * span
     programs = batch * n_kv * tiles * spans
-    assert programs >= min(splitkv.TARGET_PROGRAMS, batch * n_kv * tiles * -(-s // splitkv.BLOCK_S)) // 2
+    assert programs >= min(target, batch * n_kv * tiles * -(-s // block_s)) // 2
 
 
 def test_attention_triton_sends_other_queries_to_sdpa_and_rejects_bad_shapes():

@@ -25,8 +25,10 @@ import torch
 from spd_ref.kernels.gemv import interpreting
 
 MAX_TOKENS = 16  # [ours] query tokens per call the kernel is used for; prefill goes to sdpa
-BLOCK_S = 64  # [ours] keys per step of a program
-TARGET_PROGRAMS = 256  # [ours] spans per call are chosen to give about this many programs (132 SMs on H200)
+# Launch settings (BLOCK_S keys per step of a program, TARGET programs a call's spans aim at, num_warps,
+# num_stages): the candidates scripts/attention_bench.py times; the first is the one used [ours].
+CONFIGS = ((64, 256, 4, 2), (32, 512, 4, 2), (16, 1024, 2, 2), (32, 256, 2, 2), (64, 512, 4, 3),
+           (128, 256, 8, 2), (32, 1024, 4, 2), (64, 1024, 4, 3), (16, 512, 1, 2), (64, 132, 4, 2))
 
 
 @functools.lru_cache(maxsize=None)
@@ -40,9 +42,9 @@ def _kernels():
 
     @triton.jit
     def span_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, acc_ptr, m_ptr, l_ptr, T, S, M, GROUP, N_KV, SPAN, N_SPANS,
-                    scale, sq_b, sq_h, sq_t, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, smask_t,
+                    scale, sq_b, sq_h, sq_t, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, smask_t, so_b, so_h, so_t,
                     HD: tl.constexpr, HD_P2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
-                    UPCAST: tl.constexpr):
+                    DIRECT: tl.constexpr, UPCAST: tl.constexpr):
         bg, tile, span = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         b, g = bg // N_KV, bg % N_KV
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -83,10 +85,15 @@ def _kernels():
             else:
                 acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
             m_i = m_new
-        out = (bg * N_SPANS + span) * M + rows
-        tl.store(acc_ptr + out[:, None] * HD + d[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
-        tl.store(m_ptr + out, m_i, mask=row_ok)
-        tl.store(l_ptr + out, l_i, mask=row_ok)
+        if DIRECT:  # the only span: normalise and write the output (acc_ptr is the output)
+            o = acc / l_i[:, None]
+            tl.store(acc_ptr + b * so_b + (g * GROUP + j)[:, None] * so_h + t[:, None] * so_t + d[None, :],
+                     o.to(acc_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        else:
+            out = (bg * N_SPANS + span) * M + rows
+            tl.store(acc_ptr + out[:, None] * HD + d[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
+            tl.store(m_ptr + out, m_i, mask=row_ok)
+            tl.store(l_ptr + out, l_i, mask=row_ok)
 
     @triton.jit
     def merge_kernel(acc_ptr, m_ptr, l_ptr, o_ptr, T, M, GROUP, N_KV, N_SPANS, so_b, so_h, so_t,
@@ -108,16 +115,19 @@ def _kernels():
     return triton, span_kernel, merge_kernel
 
 
-def spans_for(batch: int, n_kv: int, tiles: int, s: int) -> tuple[int, int]:
-    """(keys per span, spans): enough spans for about TARGET_PROGRAMS programs, each a whole number of BLOCK_S."""
-    blocks = -(-s // BLOCK_S)
-    wanted = max(1, min(blocks, -(-TARGET_PROGRAMS // (batch * n_kv * tiles))))
-    span = -(-blocks // wanted) * BLOCK_S
+def spans_for(batch: int, n_kv: int, tiles: int, s: int, config: tuple = CONFIGS[0]) -> tuple[int, int]:
+    """(keys per span, spans): enough spans for about config's TARGET programs, each a whole number of BLOCK_S."""
+    block_s, target = config[:2]
+    blocks = -(-s // block_s)
+    wanted = max(1, min(blocks, -(-target // (batch * n_kv * tiles))))
+    span = -(-blocks // wanted) * block_s
     return span, -(-s // span)
 
 
-def launch(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, wrap=None) -> torch.Tensor:
-    """Softmax(q K^T / sqrt(hd), masked) V; `wrap` is torch.library.wrap_triton inside the torch op."""
+def launch(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, config: tuple = CONFIGS[0],
+           wrap=None) -> torch.Tensor:
+    """Softmax(q K^T / sqrt(hd), masked) V with a CONFIGS setting; `wrap` is torch.library.wrap_triton inside
+    the torch op. One span writes the output directly; more spans write partials that merge_kernel joins."""
     b, hq, t, hd = q.shape
     n_kv, s = keys.shape[1], keys.shape[2]
     if keys.shape != values.shape or keys.shape[0] != b or keys.shape[3] != hd or hq % n_kv or mask.shape != (1, 1, t, s):
@@ -130,20 +140,24 @@ def launch(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torc
     rows = hq // n_kv * t
     block_m = 1 if rows == 1 else 16
     tiles = -(-rows // block_m)
-    span, n_spans = spans_for(b, n_kv, tiles, s)
+    span, n_spans = spans_for(b, n_kv, tiles, s, config)
+    block_s, _, warps, stages = config
     f32 = dict(dtype=torch.float32, device=q.device)
-    acc = torch.empty((b * n_kv, n_spans, rows, hd), **f32)
-    m, l_ = torch.empty((b * n_kv, n_spans, rows), **f32), torch.empty((b * n_kv, n_spans, rows), **f32)
     out = torch.empty((b, hq, t, hd), dtype=q.dtype, device=q.device)
+    direct = n_spans == 1
+    acc = out if direct else torch.empty((b * n_kv, n_spans, rows, hd), **f32)
+    m, l_ = (torch.empty((b * n_kv, n_spans, rows), **f32) for _ in range(2))  # unused when direct
     hd_p2 = triton.next_power_of_2(hd)
     (wrap(span_kernel) if wrap else span_kernel)[(b * n_kv, tiles, n_spans)](
-        q, keys, values, mask.view(torch.uint8), acc, m, l_, t, s, rows, hq // n_kv, n_kv, span, n_spans, hd ** -0.5,
+        q, keys, values, mask, acc, m, l_, t, s, rows, hq // n_kv, n_kv, span, n_spans, hd ** -0.5,
         q.stride(0), q.stride(1), q.stride(2), keys.stride(0), keys.stride(1), keys.stride(2),
-        values.stride(0), values.stride(1), values.stride(2), mask.stride(2),
-        HD=hd, HD_P2=hd_p2, BLOCK_M=block_m, BLOCK_S=BLOCK_S, UPCAST=interpreting(), num_warps=4)
-    (wrap(merge_kernel) if wrap else merge_kernel)[(b * n_kv, rows)](
-        acc, m, l_, out, t, rows, hq // n_kv, n_kv, n_spans, out.stride(0), out.stride(1), out.stride(2),
-        HD=hd, HD_P2=hd_p2, SPANS_P2=triton.next_power_of_2(n_spans), num_warps=1)
+        values.stride(0), values.stride(1), values.stride(2), mask.stride(2), out.stride(0), out.stride(1),
+        out.stride(2), HD=hd, HD_P2=hd_p2, BLOCK_M=block_m, BLOCK_S=block_s, DIRECT=direct, UPCAST=interpreting(),
+        num_warps=warps, num_stages=stages)
+    if not direct:
+        (wrap(merge_kernel) if wrap else merge_kernel)[(b * n_kv, rows)](
+            acc, m, l_, out, t, rows, hq // n_kv, n_kv, n_spans, out.stride(0), out.stride(1), out.stride(2),
+            HD=hd, HD_P2=hd_p2, SPANS_P2=triton.next_power_of_2(n_spans), num_warps=1)
     return out
 
 
