@@ -72,7 +72,7 @@ def _kernels():
                 scores = tl.dot(q, tl.trans(k))
             allowed = tl.load(mask_ptr + t[:, None] * smask_t + s[None, :], mask=row_ok[:, None] & s_ok[None, :],
                               other=0) != 0
-            scores = tl.where(allowed, scores * scale, float("-inf"))
+            scores = tl.where(allowed, (scores * scale).to(tl.float32), float("-inf"))  # a float scale may come as fp64
             m_new = tl.maximum(m_i, tl.max(scores, axis=1))
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key allowed yet: every weight is 0
             alpha = tl.exp(m_i - m_ref)
