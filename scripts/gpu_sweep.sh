@@ -22,6 +22,7 @@
 #   bash scripts/gpu_sweep.sh h2j    # 2 H200s: the batch-1 floor under max-autotune, auto and default
 #   bash scripts/gpu_sweep.sh h2k    # 2 H200s: the record in one call (auto compile), TP 1
 #   bash scripts/gpu_sweep.sh h1a    # 1 H200: the split-KV attention kernel (microbenchmark, TP-2 shard floors, check)
+#   bash scripts/gpu_sweep.sh h1b    # 1 H200: the kernel's new setting and --attention auto; floors alternated
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -387,6 +388,23 @@ case "$PHASE" in
     raw floor-triton-again 60 $F --attention triton
     raw floor-sdpa-again 60 $F --attention sdpa
     ;;
+  h1b)
+    # One H200 (issue 11): h1a found the split-KV kernel's first setting slow and (16, 1024, 2, 2) the
+    # fastest at batch 1, and sdpa faster at batch 16 in every setting. Here, with that setting first and
+    # --attention auto (the kernel at one row, sdpa otherwise): the attention microbenchmark at batch 1
+    # (new candidates), then the 7B TP-2 shard floor (batch 1, 16; ctx 512) with sdpa and auto alternated
+    # twice (each floor is its own max-autotune compile, and h1a's sdpa floors ranged 2.64-2.81 ms), then
+    # both at ctx 2048, batch 1.
+    raw attention 90 "$PYTHON" scripts/attention_bench.py --shapes llama2-7b:2 --batch 1 --repeats 20 \
+      --out "$OUT/attention_$PHASE.jsonl"
+    F="$PYTHON -m spd_ref bench --shard-of 2 --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --out $JSONL --tag h1b-floor"
+    for i in 1 2; do
+      raw "floor-sdpa-$i" 60 $F --ctx 512 --batch 1,16 --attention sdpa
+      raw "floor-auto-$i" 60 $F --ctx 512 --batch 1,16 --attention auto
+    done
+    raw floor-sdpa-2048 60 $F --ctx 2048 --batch 1 --attention sdpa
+    raw floor-auto-2048 60 $F --ctx 2048 --batch 1 --attention auto
+    ;;
   smoke)
     # 2-layer models: every code path (compiled + graphs, eager + graphs, GQA, P2P off, the peer) and
     # the compile time of one block (compile_s in the rows), in about 3 minutes.
@@ -400,6 +418,6 @@ case "$PHASE" in
       --out "$JSONL" --tag smoke
     ;;
   *)
-    echo "unknown phase $PHASE: use a, b, c, d, e, h1a, h2a, h2b, h2c, h2d, h2e, h2f, h2g, h2h, h2i, h2j, h2k, peer, tune, head or smoke"; exit 2 ;;
+    echo "unknown phase $PHASE: use a, b, c, d, e, h1a, h1b, h2a, h2b, h2c, h2d, h2e, h2f, h2g, h2h, h2i, h2j, h2k, peer, tune, head or smoke"; exit 2 ;;
 esac
 finish

@@ -97,6 +97,13 @@ def test_attention_triton_sends_other_queries_to_sdpa_and_rejects_bad_shapes():
         splitkv.launch(q[:, :, :1, ::2], keys[..., ::2], values[..., ::2], m1)
 
 
+def test_auto_is_the_kernel_for_one_row_and_sdpa_otherwise():
+    q, keys, values = operands(2, 4, 2, 1, 50, 32, seed=2)
+    mask = causal(50, 1, 45)
+    assert torch.equal(attention(q[:1], keys[:1], values[:1], mask, "auto"), splitkv.launch(q[:1], keys[:1], values[:1], mask))
+    assert torch.equal(attention(q, keys, values, mask, "auto"), attention(q, keys, values, mask, "sdpa"))
+
+
 def test_runtime_with_the_kernel_equals_the_runtime_with_sdpa():
     """bf16 decode through TPTransformer (GQA, SPD blocks), teacher-forced with sdpa's tokens."""
     model = random_model(tiny_config(bias=True, kv_heads=2))

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from spd_ref.kernels import splitkv
 
-ATTENTION_IMPLS = ("sdpa", "math", "flex", "triton")
+ATTENTION_IMPLS = ("sdpa", "math", "flex", "triton", "auto")
 DEFAULT_ATTENTION = "sdpa"  # [ours] measured against "math" in results/h200_x2_compute/README.md
 
 
@@ -20,7 +20,7 @@ def prepare(impl: str) -> None:
     """Check impl; for "triton" register the kernel's torch op (outside any compile). TPTransformer calls
     this when its `attention` is set."""
     check(impl)
-    if impl == "triton":
+    if impl in ("triton", "auto"):
         splitkv.prepare()
 
 
@@ -37,9 +37,13 @@ def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: t
     Uncompiled it runs torch's reference path (slow; the CPU tests use it). On H200 the TP-2 shard floor
     was 1 ms slower with it than with sdpa (results/h200_x2_gemv/README.md).
     "triton" is spd_ref.kernels.splitkv's split-KV kernel for half-precision queries of at most
-    splitkv.MAX_TOKENS tokens (decode); longer or fp32 queries go to sdpa.
+    splitkv.MAX_TOKENS tokens (decode); longer or fp32 queries go to sdpa. "auto" [ours] is "triton" for
+    one query row (batch 1, one token) and "sdpa" otherwise: on H200 the kernel was faster than sdpa at
+    batch 1 and slower at batch 16 (results/h200_attention/README.md).
     """
     check(impl)
+    if impl == "auto":
+        impl = "triton" if q.shape[0] * q.shape[2] == 1 else "sdpa"
     if impl == "triton" and q.shape[2] <= splitkv.MAX_TOKENS and q.dtype in (torch.bfloat16, torch.float16):
         return splitkv.decode_attention(q, keys, values, mask)
     if impl in ("sdpa", "triton"):

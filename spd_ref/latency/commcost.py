@@ -80,9 +80,9 @@ def interpolate_ar(rows: Iterable[dict], tp: int, p2p: bool, nbytes: float, kind
 def compute_label(r: dict) -> str:
     """How a row's compute was built: attention implementation, the decode GEMV when not torch's, inductor
     settings given by environment, and "shard" for a one-GPU shard proxy (bench --shard-of), e.g. "sdpa",
-    "math+COORDINATE_DESCENT_TUNING=1", "sdpa+gemv-triton", "attn-triton" (the split-KV kernel)."""
+    "math+COORDINATE_DESCENT_TUNING=1", "sdpa+gemv-triton", "attn-triton" (the split-KV kernel), "attn-auto"."""
     attention = r.get("attention") or "sdpa"
-    parts = [f"attn-{attention}" if attention == "triton" else attention] + ([f"gemv-{r['linear']}"] if r.get("linear") not in (None, "torch") else [])
+    parts = [f"attn-{attention}" if attention in ("triton", "auto") else attention] + ([f"gemv-{r['linear']}"] if r.get("linear") not in (None, "torch") else [])
     parts += [f"{k.replace('TORCHINDUCTOR_', '')}={v}" for k, v in sorted((r.get("inductor") or {}).items())]
     return "+".join(parts + (["shard"] if r.get("shard_proxy") else []))
 
