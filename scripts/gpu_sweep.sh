@@ -23,6 +23,7 @@
 #   bash scripts/gpu_sweep.sh h2k    # 2 H200s: the record in one call (auto compile), TP 1
 #   bash scripts/gpu_sweep.sh h1a    # 1 H200: the split-KV attention kernel (microbenchmark, TP-2 shard floors, check)
 #   bash scripts/gpu_sweep.sh h1b    # 1 H200: the kernel's new setting and --attention auto; floors alternated
+#   bash scripts/gpu_sweep.sh h1c    # 1 H200: floors with sdpa and auto alternated, ctx 2048 and 512, batch 1
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -405,6 +406,18 @@ case "$PHASE" in
     raw floor-sdpa-2048 60 $F --ctx 2048 --batch 1 --attention sdpa
     raw floor-auto-2048 60 $F --ctx 2048 --batch 1 --attention auto
     ;;
+  h1c)
+    # One H200 (issue 11): h1b's one ctx-2048 pair had auto 0.03 ms slower than sdpa although the kernel
+    # alone was 3.8 us a layer faster; here the 7B TP-2 shard floor at batch 1, sdpa and auto alternated
+    # three times at ctx 2048, then once more each at ctx 512.
+    F="$PYTHON -m spd_ref bench --shard-of 2 --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --batch 1 --out $JSONL --tag h1c-floor"
+    for i in 1 2 3; do
+      raw "floor-sdpa-2048-$i" 50 $F --ctx 2048 --attention sdpa
+      raw "floor-auto-2048-$i" 50 $F --ctx 2048 --attention auto
+    done
+    raw floor-sdpa-512 50 $F --ctx 512 --attention sdpa
+    raw floor-auto-512 50 $F --ctx 512 --attention auto
+    ;;
   smoke)
     # 2-layer models: every code path (compiled + graphs, eager + graphs, GQA, P2P off, the peer) and
     # the compile time of one block (compile_s in the rows), in about 3 minutes.
@@ -418,6 +431,6 @@ case "$PHASE" in
       --out "$JSONL" --tag smoke
     ;;
   *)
-    echo "unknown phase $PHASE: use a, b, c, d, e, h1a, h1b, h2a, h2b, h2c, h2d, h2e, h2f, h2g, h2h, h2i, h2j, h2k, peer, tune, head or smoke"; exit 2 ;;
+    echo "unknown phase $PHASE: use a, b, c, d, e, h1a, h1b, h1c, h2a, h2b, h2c, h2d, h2e, h2f, h2g, h2h, h2i, h2j, h2k, peer, tune, head or smoke"; exit 2 ;;
 esac
 finish

@@ -1,5 +1,8 @@
-"""Kernels the runtime may call in place of a torch op: a leaf below the core (imports nothing from spd_ref).
+"""Kernels the runtime may call in place of a torch op: a leaf below the core (imports nothing from spd_ref
+outside this package).
 
-attention: softmax attention over the KV cache, the library kernel or spelled out (`attention(..., impl)`).
+attention: softmax attention over the KV cache, chosen by name (`attention(..., impl)`): the library
+    kernel, spelled out, FlexAttention, or splitkv's kernel.
+splitkv: decode attention as a split-KV Triton kernel (`impl="triton"`, or `"auto"` for one-row calls).
 gemv: y = x W^T (+ b) for the few rows of a decode step, as one Triton kernel (`linear(..., impl="triton")`).
 """
