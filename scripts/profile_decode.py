@@ -14,7 +14,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from spd_ref.latency.bench import shard_context  # noqa: E402
 from spd_ref.latency.workload import llama_config  # noqa: E402
-from spd_ref.model import ATTENTION_IMPLS, COMPILE_MODES, LINEAR_IMPLS, LM_HEAD_MODES, TPTransformer  # noqa: E402
+from spd_ref.model import (ATTENTION_IMPLS, COMPILE_MODES, DEFAULT_ATTENTION, LINEAR_IMPLS, LM_HEAD_MODES,  # noqa: E402
+                           TPTransformer)
 from spd_ref.tp import init_distributed  # noqa: E402
 
 ap = argparse.ArgumentParser()
@@ -23,7 +24,7 @@ ap.add_argument("--ctx", type=int, default=512)
 ap.add_argument("--shard-of", type=int, default=1)
 ap.add_argument("--lm-head", choices=LM_HEAD_MODES, default="split")
 ap.add_argument("--compile-mode", choices=list(COMPILE_MODES), default="max-autotune-no-cudagraphs")
-ap.add_argument("--attention", choices=ATTENTION_IMPLS, default="sdpa")
+ap.add_argument("--attention", choices=ATTENTION_IMPLS, default=DEFAULT_ATTENTION)
 ap.add_argument("--linear", choices=LINEAR_IMPLS, default="torch")
 ap.add_argument("--batch", type=int, default=1)
 ap.add_argument("--out", required=True)

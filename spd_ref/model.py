@@ -1,12 +1,10 @@
 """The real tensor-parallel runtime: one rank's shard of a LLaMA model, run under torchrun.
 
-gpt-fast style: plain tensors, a static KV cache, and a block function written as a pure function
-of tensors, so `compile_blocks()` compiles it once per block mode and every layer reuses the compiled
-code (weights are arguments, not constants). [ours] Compiling the whole step as one graph instead
-compiled about 80 s per SPD pattern on 2 x H200 and a minimal whole-step loop ran the same compute
-within its missing embedding and head (results/h200_x2/README.md), so blocks it is. The block
-equations are spd_ref.block's, shared with the simulated runtime; a sync point is `TPContext.sync`
-(all-reduce), or with `comm = "none"` the floor's opaque no-op (`spd_ref.tp.skip_sync`).
+gpt-fast style: plain tensors, a static KV cache, and a block function that is a pure function of
+tensors, so `compile_blocks()` compiles it once per block mode for every layer (weights are arguments).
+[ours] A whole-step graph compiled about 80 s per SPD pattern on 2 x H200 for no faster compute
+(results/h200_x2/README.md). The block equations are spd_ref.block's, shared with the simulated
+runtime; a sync point is `TPContext.sync`, or with `comm = "none"` the floor's opaque no-op.
 
 [ours] The embedding is replicated on every rank. The lm_head is split by vocabulary rows
 (`lm_head_mode = "split"`: each rank multiplies by V/N rows and one all-gather of the logits follows;
@@ -189,25 +187,15 @@ class TPTransformer(nn.Module):
             raise ValueError(f"lm_head mode {mode!r} is not known. Fix: one of {', '.join(LM_HEAD_MODES)}")
         self._lm_head_mode = mode
 
-    @property
-    def linear(self) -> str:
-        """The projections' implementation, one of LINEAR_IMPLS (spd_ref.kernels.gemv)."""
-        return self._linear
+    # The projections' and the decode attention's implementations, one of LINEAR_IMPLS / ATTENTION_IMPLS
+    # (spd_ref.kernels); setting one checks it and registers its kernel's op before any compile.
+    linear = property(lambda self: self._linear, lambda self, impl: self._set_kernel("_linear", gemv.prepare, impl))
+    attention = property(lambda self: self._attention,
+                         lambda self, impl: self._set_kernel("_attention", attention_kernels.prepare, impl))
 
-    @linear.setter
-    def linear(self, impl: str) -> None:
-        gemv.prepare(impl)  # checks impl; registers the kernel's op before any compile
-        self._linear = impl
-
-    @property
-    def attention(self) -> str:
-        """The decode attention, one of ATTENTION_IMPLS (spd_ref.kernels.attention)."""
-        return self._attention
-
-    @attention.setter
-    def attention(self, impl: str) -> None:
-        attention_kernels.prepare(impl)  # checks impl; registers the kernel's op before any compile
-        self._attention = impl
+    def _set_kernel(self, name: str, prepare: Callable[[str], None], impl: str) -> None:
+        prepare(impl)
+        setattr(self, name, impl)
 
     def set_spd_blocks(self, spd_blocks: Iterable[int], mode: BlockMode = BlockMode.SPD) -> None:
         chosen = validate_blocks(spd_blocks, len(self.blocks))

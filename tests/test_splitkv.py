@@ -13,7 +13,7 @@ import triton  # noqa: E402,F401  (a missing triton is a failure here: make test
 
 from conftest import random_model, tiny_config  # noqa: E402
 from spd_ref.kernels import splitkv  # noqa: E402
-from spd_ref.kernels.attention import attention  # noqa: E402
+from spd_ref.kernels.attention import attention, resolve  # noqa: E402
 from spd_ref.model import TPTransformer  # noqa: E402
 from spd_ref.tp import init_distributed  # noqa: E402
 
@@ -97,10 +97,15 @@ def test_attention_triton_sends_other_queries_to_sdpa_and_rejects_bad_shapes():
         splitkv.launch(q[:, :, :1, ::2], keys[..., ::2], values[..., ::2], m1)
 
 
-def test_auto_is_the_kernel_for_one_row_and_sdpa_otherwise():
+def test_auto_is_the_kernel_for_one_row_on_a_gpu_and_sdpa_otherwise():
     q, keys, values = operands(2, 4, 2, 1, 50, 32, seed=2)
     mask = causal(50, 1, 45)
-    assert torch.equal(attention(q[:1], keys[:1], values[:1], mask, "auto"), splitkv.launch(q[:1], keys[:1], values[:1], mask))
+    assert resolve("auto", q[:1].to("meta")) == "sdpa" and resolve("flex", q) == "flex"  # no GPU: sdpa
+    if torch.cuda.is_available():
+        assert resolve("auto", q[:1].cuda()) == "triton" and resolve("auto", q.cuda()) == "sdpa"
+        assert resolve("auto", q[:1, :, :1].expand(1, 4, 2, 32).cuda()) == "sdpa"  # two tokens
+    # on the CPU, auto is sdpa whatever the rows (the kernel runs there only under the interpreter)
+    assert torch.equal(attention(q[:1], keys[:1], values[:1], mask, "auto"), attention(q[:1], keys[:1], values[:1], mask, "sdpa"))
     assert torch.equal(attention(q, keys, values, mask, "auto"), attention(q, keys, values, mask, "sdpa"))
 
 

@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from spd_ref.kernels import splitkv
 
 ATTENTION_IMPLS = ("sdpa", "math", "flex", "triton", "auto")
-DEFAULT_ATTENTION = "sdpa"  # [ours] measured against "math" in results/h200_x2_compute/README.md
+# [ours] "auto": on one H200 the 7B TP-2 shard's batch-1 floor was faster with it than with sdpa in 5 of 6
+# alternated pairs (2.6% at ctx 512 and 2048), and equal at batch 16 (results/h200_attention/README.md).
+DEFAULT_ATTENTION = "auto"
 
 
 def check(impl: str) -> None:
@@ -17,11 +19,19 @@ def check(impl: str) -> None:
 
 
 def prepare(impl: str) -> None:
-    """Check impl; for "triton" register the kernel's torch op (outside any compile). TPTransformer calls
-    this when its `attention` is set."""
+    """Check impl; register the kernel's torch op (outside any compile) for "triton", and for "auto" where
+    it can run (a CUDA device; a CPU-only install needs no triton). TPTransformer calls this when its
+    `attention` is set."""
     check(impl)
-    if impl in ("triton", "auto"):
+    if impl == "triton" or (impl == "auto" and torch.cuda.is_available()):
         splitkv.prepare()
+
+
+def resolve(impl: str, q: torch.Tensor) -> str:
+    """The implementation a call runs: "auto" is "triton" for one query row on a GPU, else "sdpa"."""
+    if impl != "auto":
+        return impl
+    return "triton" if q.is_cuda and q.shape[0] * q.shape[2] == 1 else "sdpa"
 
 
 def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
@@ -37,13 +47,12 @@ def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: t
     Uncompiled it runs torch's reference path (slow; the CPU tests use it). On H200 the TP-2 shard floor
     was 1 ms slower with it than with sdpa (results/h200_x2_gemv/README.md).
     "triton" is spd_ref.kernels.splitkv's split-KV kernel for half-precision queries of at most
-    splitkv.MAX_TOKENS tokens (decode); longer or fp32 queries go to sdpa. "auto" [ours] is "triton" for
-    one query row (batch 1, one token) and "sdpa" otherwise: on H200 the kernel was faster than sdpa at
-    batch 1 and slower at batch 16 (results/h200_attention/README.md).
+    splitkv.MAX_TOKENS tokens (decode); longer or fp32 queries go to sdpa. "auto" [ours, the default] is
+    "triton" for one query row (batch 1, one token) on a GPU and "sdpa" otherwise: on H200 the kernel was
+    faster than sdpa at batch 1 and slower at batch 16 (results/h200_attention/README.md).
     """
     check(impl)
-    if impl == "auto":
-        impl = "triton" if q.shape[0] * q.shape[2] == 1 else "sdpa"
+    impl = resolve(impl, q)
     if impl == "triton" and q.shape[2] <= splitkv.MAX_TOKENS and q.dtype in (torch.bfloat16, torch.float16):
         return splitkv.decode_attention(q, keys, values, mask)
     if impl in ("sdpa", "triton"):
