@@ -128,7 +128,7 @@ def test_rows_are_well_formed(tp2_rows) -> None:
         else:
             assert r["shape"] == "tiny" and r["layers"] == 4 and r["hidden"] == 64 and r["bytes"] is None
             assert r["lm_head"] == "split" and r["shard_proxy"] is None and r["compile_mode"] is None
-            assert r["attention"] == "sdpa" and len(r["ms_median_ranks"]) == 2  # the slowest rank's times
+            assert r["attention"] == "auto" and len(r["ms_median_ranks"]) == 2  # the default; slowest rank's times
             assert r["ms_median"] == pytest.approx(max(r["ms_median_ranks"]), abs=1e-4)
 
 
