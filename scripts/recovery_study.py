@@ -1,11 +1,14 @@
-"""Issue 12's measurements on SmolLM2-135M at simulated TP 4 (fp32, CPU); resumable, one JSON row per setting.
+"""Issue 12's measurements on SmolLM2-135M (or --model) at simulated TP 4 (fp32, CPU); resumable, one JSON row per setting.
 
     python scripts/recovery_study.py blocks    # SPD on blocks 0-2: zero-shot, HG (paper / error), B2B, ...
     python scripts/recovery_study.py blocks 32x256:0 "HG (error) + B2B"    # one variant, other calibration
     python scripts/recovery_study.py tokens 8x256:0 8x256:1 32x512:0    # what calibration tokens buy
     python scripts/recovery_study.py scan 32x512:0    # only the scan part (or: b2b), e.g. in two processes
 
-Rows go to results/recovery/{blocks,tokens}.jsonl; a setting already there is skipped, so an
+    python scripts/recovery_study.py --model qwen2.5-0.5b tokens 8x256:0 32x512:0    # another offline model
+
+Rows go to results/recovery/{blocks,tokens}.jsonl (with --model M other than smollm2:
+results/recovery/M/{blocks,tokens}.jsonl); a setting already there is skipped, so an
 interrupted run resumes where it stopped. Held-out perplexity: the first 8 held-out windows of 256
 tokens (spd_ref.calibration.data.heldout_tokens), the issue's setting (drop_shared=False: its text).
 """
@@ -138,9 +141,16 @@ def tokens(model, tok, settings: list[str], parts: tuple[str, ...] = ("scan", "b
 
 
 def main(argv: list[str]) -> int:
+    global OUT
     torch.manual_seed(0)
+    name = "smollm2"
+    if argv[:1] == ["--model"]:
+        if len(argv) < 3:
+            raise SystemExit("usage: recovery_study.py [--model NAME] blocks|tokens|scan|b2b [SETTING ...]")
+        name, argv = argv[1], argv[2:]
+        OUT = OUT / name if name != "smollm2" else OUT
     OUT.mkdir(parents=True, exist_ok=True)
-    model, tok = load_model("smollm2")
+    model, tok = load_model(name)
     apply_tp(model.eval(), TP)
     decoder_layers(model)  # a LLaMA-style model
     if argv[0] == "blocks":  # blocks [NxT:seed [VARIANT ...]]
