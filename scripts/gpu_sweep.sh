@@ -21,6 +21,7 @@
 #   bash scripts/gpu_sweep.sh h2i    # 2 H200s: the equality check with the Triton GEMV; batch-1 record again, TP 1
 #   bash scripts/gpu_sweep.sh h2j    # 2 H200s: the batch-1 floor under max-autotune, auto and default
 #   bash scripts/gpu_sweep.sh h2k    # 2 H200s: the record in one call (auto compile), TP 1
+#   bash scripts/gpu_sweep.sh h2m    # 2 H200s: the record with --attention auto (the default), sdpa beside it, TP 1
 #   bash scripts/gpu_sweep.sh h1a    # 1 H200: the split-KV attention kernel (microbenchmark, TP-2 shard floors, check)
 #   bash scripts/gpu_sweep.sh h1b    # 1 H200: the kernel's new setting and --attention auto; floors alternated
 #   bash scripts/gpu_sweep.sh h1c    # 1 H200: floors with sdpa and auto alternated, ctx 2048 and 512, batch 1
@@ -374,6 +375,17 @@ case "$PHASE" in
     step tp2 230 --nproc 2 --p2p on "${R[@]}" --batch 1,16 --spd-ratios 0,0.5,1 --allreduce nccl,oneshot
     step tp1 60 --nproc 1 "${R[@]}" --batch 1
     ;;
+  h2m)
+    # Two H200s (issue 11): the record in one call with the split-KV attention kernel at batch 1
+    # (--attention auto, the default since h1b/h1c): 7B TP 2 (nccl, oneshot; SPD 0, 0.5, 1; floor; batch
+    # 1, 16), then batch 1 with --attention sdpa (SPD 0, 1; floor) in the same call, and TP 1 with each.
+    R=(bench --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --ctx 512 --out "$JSONL"
+       --tag h2m)
+    step tp2-auto 230 --nproc 2 --p2p on "${R[@]}" --batch 1,16 --spd-ratios 0,0.5,1 --allreduce nccl,oneshot
+    step tp2-sdpa 130 --nproc 2 --p2p on "${R[@]}" --batch 1 --spd-ratios 0,1 --allreduce nccl,oneshot --attention sdpa
+    step tp1-auto 60 --nproc 1 "${R[@]}" --batch 1
+    step tp1-sdpa 60 --nproc 1 "${R[@]}" --batch 1 --attention sdpa
+    ;;
   h1a)
     # One H200 (issue 11): decode attention as spd_ref's split-KV Triton kernel (spd_ref.kernels.splitkv).
     # The 7B TP-2 shard floor (batch 1, 16; ctx 512) with --attention triton, then sdpa; the attention
@@ -431,6 +443,6 @@ case "$PHASE" in
       --out "$JSONL" --tag smoke
     ;;
   *)
-    echo "unknown phase $PHASE: use a, b, c, d, e, h1a, h1b, h1c, h2a, h2b, h2c, h2d, h2e, h2f, h2g, h2h, h2i, h2j, h2k, peer, tune, head or smoke"; exit 2 ;;
+    echo "unknown phase $PHASE: use a, b, c, d, e, h1a, h1b, h1c, h2a, h2b, h2c, h2d, h2e, h2f, h2g, h2h, h2i, h2j, h2k, h2m, peer, tune, head or smoke"; exit 2 ;;
 esac
 finish
