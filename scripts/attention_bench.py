@@ -1,6 +1,6 @@
 """Decode attention on one GPU: sdpa, compiled math and flex, and spd_ref's split-KV Triton kernel.
 
-    python3 scripts/attention_bench.py --out attention.jsonl      # 7B TP-2 and TP-1 shards, batch 1 and 16, ctx 512, 2048
+    python3 scripts/attention_bench.py --out attention.jsonl   # 7B TP-2, TP-1 shards; batch 1, 16; ctx 512, 2048
 
 For a shape's TP shard (heads / TP query and KV heads of 128) it times one decode token's attention
 over ctx + 1 cached keys, as the latency bench runs it, in a CUDA graph of back-to-back calls that cycle

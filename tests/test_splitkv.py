@@ -105,8 +105,9 @@ def test_auto_is_the_kernel_for_one_row_on_a_gpu_and_sdpa_otherwise():
         assert resolve("auto", q[:1].cuda()) == "triton" and resolve("auto", q.cuda()) == "sdpa"
         assert resolve("auto", q[:1, :, :1].expand(1, 4, 2, 32).cuda()) == "sdpa"  # two tokens
     # on the CPU, auto is sdpa whatever the rows (the kernel runs there only under the interpreter)
-    assert torch.equal(attention(q[:1], keys[:1], values[:1], mask, "auto"), attention(q[:1], keys[:1], values[:1], mask, "sdpa"))
-    assert torch.equal(attention(q, keys, values, mask, "auto"), attention(q, keys, values, mask, "sdpa"))
+    for rows in (1, 2):
+        args = q[:rows], keys[:rows], values[:rows], mask
+        assert torch.equal(attention(*args, "auto"), attention(*args, "sdpa"))
 
 
 def test_runtime_with_the_kernel_equals_the_runtime_with_sdpa():

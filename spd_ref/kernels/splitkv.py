@@ -133,12 +133,15 @@ def launch(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torc
     the torch op. One span writes the output directly; more spans write partials that merge_kernel joins."""
     b, hq, t, hd = q.shape
     n_kv, s = keys.shape[1], keys.shape[2]
-    if keys.shape != values.shape or keys.shape[0] != b or keys.shape[3] != hd or hq % n_kv or mask.shape != (1, 1, t, s):
-        raise ValueError(f"decode_attention: q {tuple(q.shape)}, keys {tuple(keys.shape)}, values {tuple(values.shape)}, "
-                         f"mask {tuple(mask.shape)} must be (B, Hq, T, hd), (B, Hkv, S, hd) twice and (1, 1, T, S), "
-                         "with Hq a multiple of Hkv")
+    same_cache = keys.shape == values.shape and keys.shape[0] == b and keys.shape[3] == hd
+    if not same_cache or hq % n_kv or mask.shape != (1, 1, t, s):
+        raise ValueError(f"decode_attention: q {tuple(q.shape)}, keys {tuple(keys.shape)}, values "
+                         f"{tuple(values.shape)}, mask {tuple(mask.shape)} must be (B, Hq, T, hd), (B, Hkv, S, hd) "
+                         "twice and (1, 1, T, S), with Hq a multiple of Hkv. Fix: pass the shapes "
+                         "kernels.attention.attention takes")
     if q.stride(3) != 1 or keys.stride(3) != 1 or values.stride(3) != 1 or mask.stride(3) != 1:
-        raise ValueError("decode_attention: q, keys, values and mask must be contiguous in their last dim. Fix: .contiguous()")
+        raise ValueError("decode_attention: q, keys, values and mask must be contiguous in their last dim. "
+                         "Fix: .contiguous()")
     triton, span_kernel, merge_kernel = _kernels()
     rows = hq // n_kv * t
     block_m = 1 if rows == 1 else 16
