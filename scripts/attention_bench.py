@@ -23,29 +23,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from spd_ref.kernels import splitkv  # noqa: E402
 from spd_ref.kernels.attention import attention, prepare  # noqa: E402
+from spd_ref.latency.timing import us_per_call  # noqa: E402
 
 SHAPES = {"llama2-7b": (32, 32, 128, 32), "llama2-13b": (40, 40, 128, 40)}  # heads, kv heads, head dim, layers
-
-
-def time_us(fn, caches, q, mask, repeats: int) -> float:
-    """Microseconds per call of fn(q, k, v, mask), over CUDA-graph replays of one call per layer's cache."""
-    for k, v in caches[:2]:  # compile outside the capture
-        fn(q, k, v, mask)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for k, v in caches:
-            fn(q, k, v, mask)
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(repeats):
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1000 / len(caches))
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -95,7 +75,8 @@ def main() -> None:
                             continue
                         if err > 2e-2 * want.abs().max().item():
                             raise SystemExit(f"{shape} tp{tp} b{batch} ctx{ctx} {method}: differs from sdpa by {err}")
-                        us = timed[method] = time_us(fn, caches, q, mask, args.repeats)
+                        calls = [lambda k=k, v=v: fn(q, k, v, mask) for k, v in caches]
+                        us = timed[method] = us_per_call(calls, dev, args.repeats)
                         row = dict(meta, shape=shape, tp=int(tp), batch=batch, ctx=ctx, heads=hq, kv_heads=hkv,
                                    method=method, us=round(us, 2), tb_s=round(cache_bytes / us / 1e6, 3),
                                    max_err=err)

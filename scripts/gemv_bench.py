@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from spd_ref.kernels import gemv  # noqa: E402
+from spd_ref.latency.timing import us_per_call  # noqa: E402
 
 DIMS = {"llama2-7b": (4096, 32, 32, 11008, 32000), "llama2-13b": (5120, 40, 40, 13824, 32000)}  # d, heads, kv, ffn, V
 L2_DEFEAT_BYTES = 512 << 20  # cycle through this many bytes of weight copies (H200 L2: 50 MB)
@@ -34,27 +35,6 @@ def projections(shape: str, tp: int) -> dict[str, tuple[int, int]]:
     hd = d // heads
     return {"qkv": ((heads + 2 * kv) * hd // tp, d), "o": (d, heads * hd // tp), "gate_up": (2 * ffn // tp, d),
             "down": (d, ffn // tp), "lm_head": (math.ceil(vocab / tp), d)}
-
-
-def time_us(fn, weights, x, repeats: int) -> float:
-    """Microseconds per call of fn(x, w), over CUDA-graph replays of one call per weight copy."""
-    for w in weights:  # compile outside the capture
-        fn(x, w)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for w in weights:
-            fn(x, w)
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(repeats):
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1000 / len(weights))
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -93,7 +73,8 @@ def main() -> None:
                             methods["triton" + str(cfg)] = lambda x, w, cfg=cfg: gemv.launch(x, w, config=cfg)
                     timed = {}
                     for method, fn in methods.items():
-                        us = timed[method] = time_us(fn, weights, x, args.repeats)
+                        calls = [lambda w=w, fn=fn, x=x: fn(x, w) for w in weights]
+                        us = timed[method] = us_per_call(calls, dev, args.repeats)
                         row = dict(meta, shape=shape, tp=int(tp), proj=name, n=n, k=k, rows=m, method=method,
                                    us=round(us, 2), tb_s=round(n * k * 2 / us / 1e6, 3), max_err=err)
                         out.write(json.dumps(row) + "\n")

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
 
 from spd_ref.latency import bench, workload
 from spd_ref.latency.schema import ROW_FIELDS, make_row
-from spd_ref.latency.timing import summarize
+from spd_ref.latency.timing import summarize, us_per_call
 from spd_ref.launch import launch
 
 
@@ -62,6 +63,19 @@ def test_parse_list_and_summary() -> None:
     assert med == 5.5 and p90 == 9.0
     with pytest.raises(KeyError, match="not in the schema"):
         make_row({}, kind="decode", colour="red")
+
+
+def test_us_per_call_times_each_call_of_the_list() -> None:
+    """The kernel microbenchmarks' timer: every call runs in each timed pass, and the time is per call."""
+    ran = []
+
+    def call() -> None:
+        ran.append(1)
+        time.sleep(0.002)
+
+    us = us_per_call([call] * 3, torch.device("cpu"), repeats=4)
+    assert len(ran) == 3 * (1 + 1 + 4)  # graph warm-up, timing warm-up, the timed passes
+    assert 2000 <= us < 20000
 
 
 def test_one_process_measures_only_the_baseline(tmp_path) -> None:

@@ -76,6 +76,14 @@ def graphed(fn: Callable[[], object], device: torch.device, warmup: int = 3) -> 
     return graph.replay, warm_s, graph
 
 
+def us_per_call(calls: list[Callable[[], object]], device: torch.device, repeats: int) -> float:
+    """Median microseconds per call of `calls` run back to back, captured as one CUDA graph on a GPU (a
+    kernel microbenchmark: one call per weight or cache copy, so none is served from L2)."""
+    replay, _, _ = graphed(lambda: [call() for call in calls], device, warmup=1)
+    median, _ = summarize(time_calls(replay, device, warmup=1, repeats=repeats))
+    return median * 1000 / len(calls)
+
+
 def slowest_rank(ctx, times_ms: list[float]) -> tuple[float, float, Optional[list[float]]]:
     """(median, p90) of the rank with the largest median, and every rank's median (None with one
     rank). A TP step waits for its slowest rank at every sync point, so the floor (no sync point, each
