@@ -29,6 +29,28 @@ def tiny_config(heads: int = 4, kv_heads: int = 4, bias: bool = False, layers: i
                        rope_theta=10000.0, tie_word_embeddings=False)
 
 
+def assert_kernel_keeps_decode(setting: str, impl: str):
+    """bf16 decode through TPTransformer (biases, GQA, SPD on blocks 1 and 2) with `rt.<setting> = impl`
+    equals the decode with the default, teacher-forced with the default's tokens: the 20-token prompt
+    (longer than any kernel takes) exactly, each decode step within 5% of its logits' scale. Returns rt."""
+    import torch
+
+    from spd_ref.model import TPTransformer
+    from spd_ref.tp import init_distributed
+
+    model = random_model(tiny_config(bias=True, kv_heads=2))
+    rt = TPTransformer.from_hf(model.config, model.state_dict(), init_distributed(), torch.bfloat16)
+    rt.set_spd_blocks([1, 2])
+    ids = torch.randint(0, 256, (1, 20), generator=torch.Generator().manual_seed(3))
+    want_tokens, want = rt.generate(ids, 4)
+    setattr(rt, setting, impl)
+    _, got = rt.generate(ids, 4, forced_tokens=want_tokens)
+    assert torch.equal(got[0], want[0])  # the prompt ran the library path in both
+    for g, w in zip(got[1:], want[1:]):
+        assert (g.float() - w.float()).abs().max() <= 0.05 * w.float().abs().max()
+    return rt
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     from spd_ref.models import load_model

@@ -11,10 +11,8 @@ import torch.nn.functional as F
 os.environ["TRITON_INTERPRET"] = "1"  # before the kernel is first built (spd_ref.kernels.gemv._triton)
 import triton  # noqa: E402,F401  (a missing triton is a failure here: make test installs it)
 
-from conftest import random_model, tiny_config  # noqa: E402
+from conftest import assert_kernel_keeps_decode  # noqa: E402
 from spd_ref.kernels import gemv  # noqa: E402
-from spd_ref.model import TPTransformer  # noqa: E402
-from spd_ref.tp import init_distributed  # noqa: E402
 
 
 def operands(m, n, k, bias, seed=0):
@@ -61,14 +59,5 @@ def test_linear_sends_other_inputs_to_f_linear():
 
 
 def test_runtime_with_the_kernel_equals_the_runtime_with_f_linear():
-    """bf16 decode through TPTransformer (biases, GQA), teacher-forced with F.linear's tokens."""
-    model = random_model(tiny_config(bias=True, kv_heads=2))
-    rt = TPTransformer.from_hf(model.config, model.state_dict(), init_distributed(), torch.bfloat16)
-    rt.set_spd_blocks([1, 2])
-    ids = torch.randint(0, 256, (1, 20), generator=torch.Generator().manual_seed(3))
-    want_tokens, want = rt.generate(ids, 4)
-    rt.linear = "triton"
-    got_tokens, got = rt.generate(ids, 4, forced_tokens=want_tokens)
-    assert torch.equal(got[0], want[0])  # the prompt (20 rows > MAX_ROWS) ran F.linear in both
-    for g, w in zip(got[1:], want[1:]):
-        assert (g.float() - w.float()).abs().max() <= 0.05 * w.float().abs().max()
+    """The prompt (20 rows > MAX_ROWS) runs F.linear in both; the decode steps run the kernel."""
+    assert_kernel_keeps_decode("linear", "triton")

@@ -11,11 +11,9 @@ import torch
 os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are first built (spd_ref.kernels.splitkv._kernels)
 import triton  # noqa: E402,F401  (a missing triton is a failure here: make test installs it)
 
-from conftest import random_model, tiny_config  # noqa: E402
+from conftest import assert_kernel_keeps_decode  # noqa: E402
 from spd_ref.kernels import splitkv  # noqa: E402
 from spd_ref.kernels.attention import attention, resolve  # noqa: E402
-from spd_ref.model import TPTransformer  # noqa: E402
-from spd_ref.tp import init_distributed  # noqa: E402
 
 
 def operands(b, hq, hkv, t, s, hd, seed=0):
@@ -111,16 +109,7 @@ def test_auto_is_the_kernel_for_one_row_on_a_gpu_and_sdpa_otherwise():
 
 
 def test_runtime_with_the_kernel_equals_the_runtime_with_sdpa():
-    """bf16 decode through TPTransformer (GQA, SPD blocks), teacher-forced with sdpa's tokens."""
-    model = random_model(tiny_config(bias=True, kv_heads=2))
-    rt = TPTransformer.from_hf(model.config, model.state_dict(), init_distributed(), torch.bfloat16)
-    rt.set_spd_blocks([1, 2])
-    ids = torch.randint(0, 256, (1, 20), generator=torch.Generator().manual_seed(3))
-    want_tokens, want = rt.generate(ids, 4)
-    rt.attention = "triton"
-    got_tokens, got = rt.generate(ids, 4, forced_tokens=want_tokens)
-    assert torch.equal(got[0], want[0])  # the prompt (20 tokens > MAX_TOKENS) ran sdpa in both
-    for g, w in zip(got[1:], want[1:]):
-        assert (g.float() - w.float()).abs().max() <= 0.05 * w.float().abs().max()
+    """The prompt (20 tokens > MAX_TOKENS) runs sdpa in both; the decode steps run the kernel."""
+    rt = assert_kernel_keeps_decode("attention", "triton")
     with pytest.raises(ValueError, match="attention 'flash'"):
         rt.attention = "flash"
