@@ -5,4 +5,5 @@ attention: softmax attention over the KV cache, chosen by name (`attention(..., 
     kernel, spelled out, FlexAttention, or splitkv's kernel.
 splitkv: decode attention as a split-KV Triton kernel (`impl="triton"`, or `"auto"` for one-row calls).
 gemv: y = x W^T (+ b) for the few rows of a decode step, as one Triton kernel (`linear(..., impl="triton")`).
+triton_env: what the Triton kernels share (the package with a clear error, the CPU interpreter switch).
 """

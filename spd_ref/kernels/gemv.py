@@ -22,11 +22,12 @@ how the CPU tests check it.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from spd_ref.kernels.triton_env import interpreting, require_triton
 
 LINEAR_IMPLS = ("torch", "triton")
 DEFAULT_LINEAR = "torch"  # [ours] the kernel was measured no faster (module docstring)
@@ -40,19 +41,10 @@ MANY_ROW_CONFIGS = ((32, 128, 4, 4), (16, 256, 4, 3), (16, 128, 4, 4), (32, 256,
                     (64, 128, 4, 3), (64, 256, 8, 3), (16, 512, 4, 2), (32, 512, 8, 2))
 
 
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 @functools.lru_cache(maxsize=None)
 def _triton():
     """(triton, kernel) built on first use."""
-    try:
-        import triton
-        import triton.language as tl
-    except ImportError as err:
-        raise RuntimeError("linear impl 'triton' needs the triton package. Fix: install triton (CUDA builds of "
-                           "torch bring it) or use impl 'torch'") from err
+    triton, tl = require_triton("linear impl 'triton'", "impl 'torch'")
 
     @triton.jit
     def gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,

@@ -22,7 +22,7 @@ import functools
 
 import torch
 
-from spd_ref.kernels.gemv import interpreting
+from spd_ref.kernels.triton_env import interpreting, require_triton
 
 MAX_TOKENS = 16  # [ours] query tokens per call the kernel is used for; prefill goes to sdpa
 # Launch settings (BLOCK_S keys per step of a program, TARGET programs a call's spans aim at, num_warps,
@@ -36,12 +36,7 @@ CONFIGS = ((16, 1024, 2, 2), (16, 512, 1, 2), (16, 2048, 2, 2), (16, 2048, 1, 2)
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
-    try:
-        import triton
-        import triton.language as tl
-    except ImportError as err:
-        raise RuntimeError("attention 'triton' needs the triton package. Fix: install triton (CUDA builds of "
-                           "torch bring it) or use attention 'sdpa'") from err
+    triton, tl = require_triton("attention 'triton'", "attention 'sdpa'")
 
     @triton.jit
     def span_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, acc_ptr, m_ptr, l_ptr, T, S, M, GROUP, N_KV, SPAN, N_SPANS,
