@@ -90,7 +90,7 @@ def main() -> None:
             # only: fp32 stays on F.linear and sdpa) eager and compiled.
             variants = [(None, "split", "torch", "sdpa"), (None, "replicated", "torch", "sdpa")]
             if dtype == torch.bfloat16:
-                variants += [("default", "split", "torch", "sdpa"), ("max-autotune-no-cudagraphs", "split", "torch", "sdpa")]
+                variants += [(mode, "split", "torch", "sdpa") for mode in ("default", "max-autotune-no-cudagraphs")]
                 if ctx.device.type == "cuda":
                     variants += [(mode, "split", *kernels) for kernels in (("triton", "sdpa"), ("torch", "triton"))
                                  for mode in (None, "max-autotune-no-cudagraphs")]

@@ -1,4 +1,5 @@
-"""Issue 12's measurements on SmolLM2-135M (or --model) at simulated TP 4 (fp32, CPU); resumable, one JSON row per setting.
+"""Issue 12's measurements on SmolLM2-135M (or --model) at simulated TP 4 (fp32, CPU); resumable, one JSON
+row per setting.
 
     python scripts/recovery_study.py blocks    # SPD on blocks 0-2: zero-shot, HG (paper / error), B2B, ...
     python scripts/recovery_study.py blocks 32x256:0 "HG (error) + B2B"    # one variant, other calibration

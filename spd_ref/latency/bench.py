@@ -231,8 +231,8 @@ def parser() -> argparse.ArgumentParser:
       help="[ours: split] split = vocab-parallel lm_head + one all-gather of the logits; "
            "replicated = every rank reads the whole head, no collective")
     a("--attention", choices=ATTENTION_IMPLS, default=DEFAULT_ATTENTION,
-      help=f"[ours: {DEFAULT_ATTENTION}] decode attention: sdpa = the library kernel, math = spelled out for the "
-           "compiler, flex = FlexAttention, triton = spd_ref.kernels.splitkv (split-KV), auto = triton at one row else sdpa")
+      help=f"[ours: {DEFAULT_ATTENTION}] decode attention: sdpa = the library kernel, math = spelled out, flex = "
+           "FlexAttention, triton = spd_ref.kernels.splitkv (split-KV), auto = triton at one row, else sdpa")
     a("--linear", choices=LINEAR_IMPLS, default=DEFAULT_LINEAR,
       help=f"[ours: {DEFAULT_LINEAR}] projections of <= 16 rows: torch = F.linear, triton = spd_ref.kernels.gemv")
     a("--shard-of", type=number(int, 1), default=1, metavar="N",

@@ -82,7 +82,8 @@ def compute_label(r: dict) -> str:
     settings given by environment, and "shard" for a one-GPU shard proxy (bench --shard-of), e.g. "sdpa",
     "math+COORDINATE_DESCENT_TUNING=1", "sdpa+gemv-triton", "attn-triton" (the split-KV kernel), "attn-auto"."""
     attention = r.get("attention") or "sdpa"
-    parts = [f"attn-{attention}" if attention in ("triton", "auto") else attention] + ([f"gemv-{r['linear']}"] if r.get("linear") not in (None, "torch") else [])
+    parts = [f"attn-{attention}" if attention in ("triton", "auto") else attention]
+    parts += [f"gemv-{r['linear']}"] if r.get("linear") not in (None, "torch") else []
     parts += [f"{k.replace('TORCHINDUCTOR_', '')}={v}" for k, v in sorted((r.get("inductor") or {}).items())]
     return "+".join(parts + (["shard"] if r.get("shard_proxy") else []))
 
