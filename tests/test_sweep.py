@@ -5,7 +5,8 @@ import torch
 from conftest import random_model, tiny_config
 from spd_ref.calibration.sensitivity import BlockClass
 from spd_ref.evaluation.store import ResultStore
-from spd_ref.evaluation.sweep import average_accuracy, largest_ratio_within, recovery, report, sweep_tp
+from spd_ref.evaluation.sweep import recovery, sweep_tp
+from spd_ref.evaluation.sweep_rows import average_accuracy, largest_ratio_within, report
 
 
 def rows_for(strategy, accs_by_ratio, ci_by_ratio, ppl=100.0):
@@ -48,7 +49,7 @@ def test_sweep_resumes_from_its_store(tmp_path, monkeypatch):
     ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
     calls = {"score": 0, "capture": 0}
 
-    def score(model, tokenizer, tasks, limit=None):  # per-item: is the next token the top-1 prediction?
+    def score(model, tokenizer, tasks, limit=None, batch_size=16):  # per-item: is the next token the top-1 prediction?
         calls["score"] += 1
         with torch.no_grad():
             hits = (model(ids).logits[:, :-1].argmax(-1) == ids[:, 1:]).float().flatten().tolist()
@@ -77,39 +78,52 @@ def test_sweep_resumes_from_its_store(tmp_path, monkeypatch):
     alone = sweep_tp(model, None, 2, [0.25], strategies=("zs",), eval_dtype=torch.float32, progress=False,
                      model_name="tiny", store=store)
     assert calls["score"] == 5 and all("drop_ci95" in r for r in alone if r.get("metric") == "acc")
+    # another lm-eval batch size is another setting: scored anew, never paired with the first run's
+    sweep_tp(model, None, 2, [0.0, 1.0], strategies=("zs",), eval_dtype=torch.float32, batch_size=8,
+             progress=False, model_name="tiny", store=store)
+    assert calls["score"] == 7
 
 
 def test_scorer_is_the_model_in_the_scoring_dtype(monkeypatch):
-    """The scorer, built without an fp32 copy, computes what the model cast to bf16 computes."""
+    """The scorer, built without an fp32 copy, computes what the model cast to bf16 computes, also when
+    reset from the model's own weights after scoring recovered blocks (no copy of the originals is kept)."""
     import copy
 
     import spd_ref.evaluation.evaluate as evaluate
+    import spd_ref.evaluation.sweep as sweep
+    from spd_ref.calibration.sensitivity import BlockClass
     from spd_ref.hf import apply_tp, remove_tp
 
     ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
     seen = {}
 
-    def score(model, tokenizer, tasks, limit=None):
+    def score(model, tokenizer, tasks, limit=None, batch_size=16):
         with torch.no_grad():
-            seen["logits"] = model(ids).logits
+            seen.setdefault("logits", []).append(model(ids).logits)
             seen["dtypes"] = {p.dtype for p in model.parameters()}
+            seen["batch_size"] = batch_size
         return [{"task": "t", "metric": "acc", "value": 0.5, "items": [0.0, 1.0]}]
 
     import spd_ref.calibration.data as data
 
     monkeypatch.setattr(evaluate, "evaluate_model", score)
     monkeypatch.setattr(data, "calibration_tokens", lambda tok, n, seq, seed: ids)
+    monkeypatch.setattr(sweep, "classify", lambda scan: [BlockClass.SENSITIVE] * len(scan.scores))  # B2B for all
     model = random_model(tiny_config(layers=2))
     want_model = apply_tp(copy.deepcopy(model).to(torch.bfloat16), 2, [])
     with torch.no_grad():
         want = want_model(ids).logits
-    sweep_tp(model, None, 2, [0.0], strategies=("zs",), eval_dtype=torch.bfloat16, progress=False, model_name="t")
-    assert seen["dtypes"] == {torch.bfloat16} and torch.equal(seen["logits"], want)
+    # ratio 0 first (the baseline), then every block recovered, then ratio 0 again on the reset scorer
+    sweep_tp(model, None, 2, [1.0, 0.0], strategies=("b2b",), eval_dtype=torch.bfloat16, batch_size=4,
+             samples=2, seq_len=12, progress=False, model_name="t")
+    plain, recovered, reset = seen["logits"]
+    assert seen["dtypes"] == {torch.bfloat16} and seen["batch_size"] == 4
+    assert torch.equal(plain, want) and torch.equal(reset, want) and not torch.equal(recovered, want)
     assert {p.dtype for p in remove_tp(model).parameters()} == {torch.float32}  # the model itself unchanged
 
 
 def test_recovery_gains_are_paired_and_skip_identical_settings():
-    from spd_ref.evaluation.sweep import recovery_gains
+    from spd_ref.evaluation.sweep_rows import recovery_gains
 
     def rows(strategy, ratio, items, recovered):
         return [{"tp": 2, "strategy": strategy, "spd_ratio": ratio, "task": "t", "metric": "acc",

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from spd_ref.calibration.sensitivity import BlockClass
-from spd_ref.evaluation.sweep import drops, largest_ratio_within, load_rows
+from spd_ref.evaluation.sweep_rows import drops, largest_ratio_within, load_rows
 
 # The paper's statements on in-sensitive blocks (METHOD.md s.3), drawn beside our measurements.
 PAPER_INSENSITIVE = {"LLaMA2-70B": (70e9, 0.75), "OPT-66B": (66e9, 0.84)}

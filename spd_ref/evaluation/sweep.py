@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import gc
 import json
 import time
 from pathlib import Path
@@ -31,13 +33,25 @@ from spd_ref.calibration.calibrate import SAMPLES, SEQ_LEN, recover_block
 from spd_ref.calibration.headgroup import RULE as HG_RULE
 from spd_ref.calibration.sensitivity import (STRATEGY, BlockClass, SensitivityScan, baseline_blocks,
                                              capture_block_inputs, classify, sensitivity_scan)
-from spd_ref.evaluation.statistics import Drop, format_drop, rows_drop
+from spd_ref.evaluation.statistics import rows_drop
 from spd_ref.evaluation.store import ResultStore
+from spd_ref.evaluation.sweep_rows import load_rows, report
 from spd_ref.hf import apply_tp, decoder_layers, remove_tp
 from spd_ref.models import MODEL_HELP, portable_name
 from spd_ref.plan import choose_blocks
 
 STRATEGIES = ("random", "zs", "b2b", "hg")
+BATCH_SIZE = 16  # [ours] lm-eval's batch when scoring; the store's keys name any other
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the OS before a scoring run: on a 24 GiB machine the 1.5B model's
+    recovery run was killed at 24.2 GB in its last task, the heap holding what earlier settings freed."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): the allocator keeps its own policy
+        pass
 
 
 def recovery(strategy: str, block_class: BlockClass) -> str:
@@ -50,12 +64,14 @@ def recovery(strategy: str, block_class: BlockClass) -> str:
 def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str = "offline",
              limit: Optional[int] = None, samples: int = SAMPLES, seq_len: int = SEQ_LEN, seed: int = 0,
              strategies: tuple[str, ...] = STRATEGIES, eval_dtype: torch.dtype = torch.bfloat16,
-             progress: bool = True, model_name: str = "", store: Optional[ResultStore] = None,
+             batch_size: int = BATCH_SIZE, progress: bool = True, model_name: str = "",
+             store: Optional[ResultStore] = None,
              on_setting: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
     """Score every (strategy, ratio) at one TP degree; returns rows (one per task metric).
 
     Calibration and recovery run on `model` as it is (fp32); [ours] scoring runs on a copy in
-    `eval_dtype` (bf16 by default: about 3x faster on a CPU, and what GPUs serve in). With a
+    `eval_dtype` (bf16 by default: about 3x faster on a CPU, and what GPUs serve in) with lm-eval's
+    `batch_size` (a smaller one holds fewer logits of a large vocabulary at once). With a
     `store`, finished pieces are read back instead of computed; `on_setting(rows so far)` is called
     after each setting (to write rows as they come).
     """
@@ -66,10 +82,8 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
         return compute() if store is None else store.get_or_compute(key, compute)
 
     calibration = {"model": model_name, "tp": tp_degree, "samples": samples, "seq_len": seq_len, "seed": seed}
-    # Kept in the scoring dtype: they are only ever loaded into the scorer (fp32 would double the
-    # memory of a 1.5B model: the OOM that stopped the first qwen2.5-1.5b run on 24 GiB).
-    original = {k: v.detach().to(eval_dtype, copy=True) for k, v in model.state_dict().items()}
-    apply_tp(model, tp_degree)
+    apply_tp(model, tp_degree)  # the model's own weights never change (recovery trains copies): the
+    # scorer is reset from them, converted by load_state_dict (a copy of them would cost 3.6 GB at 1.5B)
     block_inputs = []  # captured once, only when something needs them (not on a resumed zero-shot run)
 
     def inputs():
@@ -85,6 +99,8 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
     scorer, recovered = None, {}
     setting = {"kind": "score", **calibration, "tasks": tasks, "limit": limit,
                "eval_dtype": str(eval_dtype).removeprefix("torch.")}
+    if batch_size != BATCH_SIZE:  # padding changes float order: never pair scores of two batch sizes
+        setting["batch_size"] = batch_size
 
     def score(blocks: list[int], kinds: dict[int, str]) -> dict:
         nonlocal scorer
@@ -97,12 +113,14 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
         weights = {}
         for l, kind in kinds.items():
             if kind != "zs" and (l, kind) not in recovered:
-                recovered[l, kind] = recover_block(model, inputs(), l, kind, seed=seed, progress=progress)[0]
+                trained = recover_block(model, inputs(), l, kind, seed=seed, progress=progress)[0]
+                recovered[l, kind] = {k: v.to(eval_dtype) for k, v in trained.items()}  # only ever scored
             weights.update(recovered.get((l, kind), {}))
-        scorer.load_state_dict(dict(original, **weights))
+        scorer.load_state_dict(dict(model.state_dict(), **weights))
         apply_tp(scorer, tp_degree, blocks)
+        release_memory()
         start = time.time()
-        scored = evaluate_model(scorer, tokenizer, tasks, limit=limit)
+        scored = evaluate_model(scorer, tokenizer, tasks, limit=limit, batch_size=batch_size)
         return {"rows": scored, "score_s": time.time() - start}
 
     points = []
@@ -155,84 +173,6 @@ def sensitivity_rows(scan: SensitivityScan, classes: list[BlockClass], tp: int, 
             for l, (s, rel, c) in enumerate(zip(scan.scores, scan.relative, classes))]
 
 
-def load_rows(folder: str | Path) -> list[dict]:
-    """Every row of every sweep_tp*.jsonl in `folder`."""
-    return [json.loads(line) for path in sorted(Path(folder).glob("sweep_tp*.jsonl"))
-            for line in path.read_text().splitlines() if line.strip()]
-
-
-def average_accuracy(rows: list[dict]) -> dict[tuple, float]:
-    """Mean accuracy over the accuracy tasks, per (tp, strategy, ratio)."""
-    acc: dict[tuple, list[float]] = {}
-    for r in rows:
-        if r.get("metric") == "acc":
-            acc.setdefault((r["tp"], r["strategy"], r["spd_ratio"]), []).append(r["value"])
-    return {k: sum(v) / len(v) for k, v in acc.items()}
-
-
-def drops(rows: list[dict]) -> dict[tuple, Drop]:
-    """The paired drop of average accuracy against ratio 0, per (tp, strategy, ratio)."""
-    return {(r["tp"], r["strategy"], r["spd_ratio"]): Drop(r["drop"], *r["drop_ci95"], r["drop_n_items"])
-            for r in rows if r.get("metric") == "acc" and "drop_ci95" in r}
-
-
-def largest_ratio_within(rows: list[dict], points: float = 1.0) -> dict[tuple, float]:
-    """Per (tp, strategy): the largest ratio whose paired 95% interval of the average-accuracy drop lies
-    at or below `points` (Drop.within): the interval, not the point estimate."""
-    best: dict[tuple, float] = {}
-    for (tp, strategy, ratio), drop in sorted(drops(rows).items(), key=lambda kv: kv[0][2]):
-        if drop.within(points):
-            best[(tp, strategy)] = ratio
-    return best
-
-
-def report(rows: list[dict], ppl_metric: str = "word_perplexity") -> str:
-    """Markdown: average accuracy, its paired drop with the 95% interval and held-out perplexity per
-    (tp, strategy, ratio); per (tp, strategy) the largest ratio whose interval stays within 1 point."""
-    avg, drop = average_accuracy(rows), drops(rows)
-    ppl = {(r["tp"], r["strategy"], r["spd_ratio"]): r["value"] for r in rows
-           if r.get("metric") == ppl_metric and "strategy" in r}
-    items = {k: d.n_items for k, d in drop.items()}
-    lines = ["| TP | strategy | SPD ratio | avg accuracy | drop, points [95% CI] | items | held-out word ppl |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for key in sorted(avg):
-        d = format_drop(drop[key]).removesuffix(" points") if key in drop else "-"
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]:.2f} | {avg[key]:.3f} | {d} | {items.get(key, '-')} | "
-                     f"{ppl.get(key, float('nan')):.1f} |")
-    lines += ["", "| TP | strategy | largest ratio whose 95% CI of the drop stays <= 1 point |", "| --- | --- | --- |"]
-    best = largest_ratio_within(rows)
-    for tp, strategy in sorted({(k[0], k[1]) for k in drop}):
-        lines.append(f"| {tp} | {strategy} | {best.get((tp, strategy), 0.0):.2f} |")
-    gains = recovery_gains(rows)
-    if gains:
-        lines += ["", "| TP | SPD ratio | step | accuracy gained, points [95% CI], paired |", "| --- | --- | --- | --- |"]
-        lines += [f"| {tp} | {ratio:.2f} | {step} | {100 * g.drop:.1f} [{100 * g.low:.1f}, {100 * g.high:.1f}] |"
-                  for (tp, ratio, step), g in sorted(gains.items())]
-    return "\n".join(lines)
-
-
-RECOVERY_STEPS = (("zs", "b2b"), ("b2b", "hg"))  # what B2B adds to zero-shot; what HG adds to B2B
-
-
-def recovery_gains(rows: list[dict]) -> dict[tuple, Drop]:
-    """Per (tp, ratio, "b2b - zs" / "hg - b2b"): the paired accuracy gain of a recovery step over the
-    strategy before it, on the same items (a Drop whose values are gains: positive = the step helped).
-    Only where both settings differ in what they ran (at low ratios every block is in-sensitive and
-    all strategies are the same setting)."""
-    scored = {}
-    for r in rows:
-        if r.get("items") is not None and r.get("spd_ratio"):
-            scored.setdefault((r["tp"], r["spd_ratio"], r["strategy"]), []).append(r)
-    out = {}
-    for (tp, ratio, strategy), after in scored.items():
-        for before_name, after_name in RECOVERY_STEPS:
-            before = scored.get((tp, ratio, before_name))
-            if strategy == after_name and before and after[0]["recovered"] != before[0]["recovered"]:
-                d = rows_drop(after, before)  # before minus after, reversed: the gain of the step
-                out[(tp, ratio, f"{after_name} - {before_name}")] = d
-    return out
-
-
 def strategy(text: str) -> str:
     """An argument type: one of STRATEGIES."""
     if text not in STRATEGIES:
@@ -265,6 +205,9 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--tasks", default="offline")
     p.add_argument("--limit", type=number(int, 1), default=None,
                    help="items per task [ours: all of the offline suite, 1250 accuracy items]")
+    p.add_argument("--batch-size", type=number(int, 1), default=BATCH_SIZE,
+                   help=f"lm-eval's batch when scoring [ours: {BATCH_SIZE}; smaller needs less memory for "
+                        "a large vocabulary, and is a separate setting in the store]")
     p.add_argument("--samples", type=number(int, 1), default=SAMPLES)
     p.add_argument("--seq-len", type=number(int, 2), default=SEQ_LEN)
     p.add_argument("--seed", type=int, default=0)
@@ -289,7 +232,8 @@ def cli(argv: list[str]) -> int:
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
         sweep_tp(model, tokenizer, tp, ratios, args.tasks, args.limit, args.samples, args.seq_len, args.seed,
-                 tuple(args.strategies), model_name=portable_name(args.model), store=store, on_setting=write)
+                 tuple(args.strategies), batch_size=args.batch_size, model_name=portable_name(args.model),
+                 store=store, on_setting=write)
     rows = load_rows(out)
     plot_sweep(rows, out / "sweep.png", title=args.model)
     print(report(rows))

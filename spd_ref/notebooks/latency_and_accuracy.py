@@ -64,7 +64,7 @@ def frontier(latency_rows: list[dict], sweep_rows: list[dict], tp: int = 4, p2p:
     that ratio (TP `tp`, batch 1) beside SmolLM2's average accuracy drop and held-out word perplexity
     (relative to ratio 0; different models!)."""
     from spd_ref.evaluation.plots import sweep_series
-    from spd_ref.evaluation.sweep import average_accuracy
+    from spd_ref.evaluation.sweep_rows import average_accuracy
 
     avg = average_accuracy(sweep_rows)
     ppl = {(t, s, r): v for (t, s), xy in sweep_series(sweep_rows, "word_perplexity").items() for r, v in zip(*xy)}
@@ -76,7 +76,7 @@ def frontier(latency_rows: list[dict], sweep_rows: list[dict], tp: int = 4, p2p:
 
 def accuracy_table(sweep_rows: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
     """(rows, print_table columns): average accuracy per TP degree and strategy, a column per SPD ratio."""
-    from spd_ref.evaluation.sweep import average_accuracy
+    from spd_ref.evaluation.sweep_rows import average_accuracy
 
     table: dict[tuple, dict] = {}
     for (tp, s, r), a in sorted(average_accuracy(sweep_rows).items()):
@@ -114,7 +114,7 @@ def operating_point(cost: DecodeCostModel, alpha_us: float, latency_rows: list[d
     """One (TP degree, bus bandwidth, SPD ratio) setting: the cost model's saving, the recorded decode
     saving of the nearest measured setting (P2P off below 100 GB/s; TP 8: the PREDICTION rows), and
     SmolLM2's accuracy drop at the nearest swept ratio (TP 4, full method "hg")."""
-    from spd_ref.evaluation.sweep import average_accuracy
+    from spd_ref.evaluation.sweep_rows import average_accuracy
 
     model, p2p = cost.predict(tp, busbw_gbps, alpha_us, ratio), busbw_gbps >= 100
     out = dict(tp=tp, busbw_gbps=busbw_gbps, spd_ratio=ratio, model_saving=model["saving"], recorded_saving=None,
