@@ -9,9 +9,10 @@ decode steps, without SPD and with SPD on half the blocks, in fp32 and bf16; eag
 replicated lm_head) and with the compiled block function (torch.compile modes default and
 max-autotune), with each sync-point all-reduce (nccl; oneshot, the symmetric-memory one-shot
 all-reduce, where GPUs allow it), and on GPUs with the decode projections as spd_ref.kernels.gemv's
-Triton kernel (linear "triton") and with decode attention as spd_ref.kernels.splitkv's (attention
-"triton"), each eager and compiled; a oneshot row also gives its difference from the nccl row of the
-same setting (`vs_nccl`). Decode steps are teacher-forced with the reference's tokens (random weights give
+Triton kernel (linear "triton"), decode attention as spd_ref.kernels.splitkv's (attention "triton") and
+RMSNorm as spd_ref.kernels.rmsnorm's (norm "triton"), each eager and compiled (--kernels-only: only
+those bf16 rows, beside one eager and one max-autotune row without kernels); a oneshot row also gives
+its difference from the nccl row of the same setting (`vs_nccl`). Decode steps are teacher-forced with the reference's tokens (random weights give
 near-tied logits, where bf16 rounding may flip an argmax). Works on CPUs with gloo too.
 """
 from __future__ import annotations
@@ -63,6 +64,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--tiny", action="store_true", help="a tiny shape, for a CPU dry run")
+    ap.add_argument("--kernels-only", action="store_true",
+                    help="only bf16 with spd_ref's Triton kernels (GPU): a shorter check after a kernel changed")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     ctx = init_distributed()
@@ -78,28 +81,30 @@ def main() -> None:
     # The one-shot all-reduce wherever symmetric memory works (GPUs with peer access, P2P on).
     kinds = ["nccl"] + (["oneshot"] if ctx.world_size > 1 and not oneshot_unavailable(ctx) else [])
 
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.bfloat16,) if args.kernels_only else (torch.float32, torch.bfloat16):
         # Every rank computes the (deterministic) reference, so every rank can teacher-force its tokens.
         model = full.to(dtype).to(ctx.device)
         model.model.rotary_emb = LlamaRotaryEmbedding(config).to(ctx.device)  # fp32 frequencies, as loaded
         for blocks in ([], list(range(0, args.layers, 2))):
             ref = simulated(model, ids.to(ctx.device), ctx.world_size, blocks)
             # The latency sweep runs compiled bf16 steps: check that path, and fp32 eager for exactness.
-            # (compile mode, lm_head, linear, attention): eager with both heads; compiled in both modes
-            # (bench's is max-autotune); on GPUs the Triton GEMV and the split-KV attention kernel (bf16
-            # only: fp32 stays on F.linear and sdpa) eager and compiled.
-            variants = [(None, "split", "torch", "sdpa"), (None, "replicated", "torch", "sdpa")]
+            # (compile mode, lm_head, linear, attention, norm): eager with both heads; compiled in both modes
+            # (bench's is max-autotune); on GPUs the Triton GEMV, the split-KV attention kernel and the Triton
+            # RMSNorm (bf16 only: fp32 stays on F.linear, sdpa and torch's norm) eager and compiled.
+            variants = [(None, "split", "torch", "sdpa", "torch"), (None, "replicated", "torch", "sdpa", "torch")]
             if dtype == torch.bfloat16:
-                variants += [(mode, "split", "torch", "sdpa") for mode in ("default", "max-autotune-no-cudagraphs")]
+                compiled = [(m, "split", "torch", "sdpa", "torch") for m in ("default", "max-autotune-no-cudagraphs")]
+                # --kernels-only keeps one library row, compiled as bench compiles, to read the kernels' rows against
+                variants = [variants[0], compiled[1]] if args.kernels_only else variants + compiled
                 if ctx.device.type == "cuda":
-                    variants += [(mode, "split", *kernels) for kernels in (("triton", "sdpa"), ("torch", "triton"))
-                                 for mode in (None, "max-autotune-no-cudagraphs")]
-            for mode, head, linear, attention in variants:
+                    kernels = (("triton", "sdpa", "torch"), ("torch", "triton", "torch"), ("torch", "auto", "triton"))
+                    variants += [(mode, "split", *k) for k in kernels for mode in (None, "max-autotune-no-cudagraphs")]
+            for mode, head, linear, attention, norm in variants:
                 nccl_logits = None
                 for kind in kinds:
                     rt = TPTransformer.from_hf(config, model.state_dict(), ctx, dtype)
                     rt.set_spd_blocks(blocks)
-                    rt.lm_head_mode, rt.linear, rt.attention = head, linear, attention
+                    rt.lm_head_mode, rt.linear, rt.attention, rt.norm = head, linear, attention, norm
                     ctx.use_allreduce(kind, dtype)
                     if mode:
                         rt.compile_blocks(mode)
@@ -107,7 +112,7 @@ def main() -> None:
                     if ctx.is_main:
                         row = {"dtype": str(dtype).split(".")[-1], "spd_blocks": blocks, "compiled": mode is not None,
                                "compile_mode": mode, "lm_head": head, "allreduce": kind, "linear": linear,
-                               "attention": attention,
+                               "attention": attention, "norm": norm,
                                "tokens_equal": tokens[0].tolist() == ref[1], **compare(logits, ref[0])}
                         if nccl_logits is not None:
                             row["vs_nccl"] = compare(logits, nccl_logits)

@@ -25,6 +25,7 @@
 #   bash scripts/gpu_sweep.sh h1a    # 1 H200: the split-KV attention kernel (microbenchmark, TP-2 shard floors, check)
 #   bash scripts/gpu_sweep.sh h1b    # 1 H200: the kernel's new setting and --attention auto; floors alternated
 #   bash scripts/gpu_sweep.sh h1c    # 1 H200: floors with sdpa and auto alternated, ctx 2048 and 512, batch 1
+#   bash scripts/gpu_sweep.sh h1d    # 1 H200: RMSNorm as its own Triton kernel (profiles, floors alternated, check)
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -385,6 +386,24 @@ case "$PHASE" in
     step tp2-sdpa 130 --nproc 2 --p2p on "${R[@]}" --batch 1 --spd-ratios 0,1 --allreduce nccl,oneshot --attention sdpa
     step tp1-auto 60 --nproc 1 "${R[@]}" --batch 1
     step tp1-sdpa 60 --nproc 1 "${R[@]}" --batch 1 --attention sdpa
+    ;;
+  h1d)
+    # One H200 (issue 11): RMSNorm as spd_ref.kernels.rmsnorm's Triton kernel, which inductor cannot fold
+    # into the GEMV after it (the fused norm + gate/up kernel took 28.1 us a layer where the GEMV alone took
+    # 23.1). Kernel profiles of the 7B TP-2 shard (8 layers) with --norm torch and triton; the TP-2 shard
+    # floor (batch 1, 16; ctx 512) with torch and triton alternated three times (each floor is its own
+    # max-autotune compile); the GPU equality check of the kernels at TP 1.
+    for norm in torch triton; do
+      raw "profile-$norm" 90 "$PYTHON" scripts/profile_decode.py --shard-of 2 --layers 8 --norm "$norm" \
+        --out "$OUT/profile_${PHASE}_$norm.txt"
+    done
+    F="$PYTHON -m spd_ref bench --shard-of 2 --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --out $JSONL --tag h1d-floor"
+    for i in 1 2 3; do
+      raw "floor-torch-$i" 60 $F --ctx 512 --batch 1,16 --norm torch
+      raw "floor-triton-$i" 60 $F --ctx 512 --batch 1,16 --norm triton
+    done
+    raw gpu-check 150 "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node 1 scripts/gpu_check.py \
+      --layers 4 --kernels-only --out "$OUT/gpu_check_$PHASE.json"
     ;;
   h1a)
     # One H200 (issue 11): decode attention as spd_ref's split-KV Triton kernel (spd_ref.kernels.splitkv).

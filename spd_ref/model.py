@@ -23,9 +23,10 @@ import torch.nn.functional as F
 
 from spd_ref.block import BlockMode, block_residual
 from spd_ref.hf import validate_blocks
-from spd_ref.kernels import attention as attention_kernels, gemv
+from spd_ref.kernels import attention as attention_kernels, gemv, rmsnorm
 from spd_ref.kernels.attention import ATTENTION_IMPLS, DEFAULT_ATTENTION, attention  # noqa: F401 (for the CLIs)
 from spd_ref.kernels.gemv import DEFAULT_LINEAR, LINEAR_IMPLS, linear  # noqa: F401 (LINEAR_IMPLS: CLIs)
+from spd_ref.kernels.rmsnorm import DEFAULT_NORM, NORM_IMPLS, rms_norm  # noqa: F401 (NORM_IMPLS: CLIs)
 from spd_ref.partition import partition_for_config
 from spd_ref.shards import HF_NAMES, WEIGHTS, fuse_block, full_shapes, rank_slices, vocab_shard
 from spd_ref.tp import TPContext, skip_sync
@@ -48,12 +49,6 @@ def compile_mode_for(mode: str, rows: int) -> str:
     return (AUTO_COMPILE[0] if rows == 1 else AUTO_COMPILE[1]) if mode == "auto" else mode
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """LlamaRMSNorm, to the operation (fp32 statistics, weight applied in the input dtype)."""
-    xf = x.float()
-    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
@@ -63,12 +58,13 @@ def block_forward(x: torch.Tensor, w: dict, k_cache: torch.Tensor, v_cache: torc
                   cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor,
                   mode: BlockMode, sync: Callable, act: Callable, eps: float, gqa: str,
                   kv_index: Optional[torch.Tensor], attn_impl: str = DEFAULT_ATTENTION,
-                  linear_impl: str = DEFAULT_LINEAR) -> torch.Tensor:
+                  linear_impl: str = DEFAULT_LINEAR, norm_impl: str = DEFAULT_NORM) -> torch.Tensor:
     """One block on one rank: x (B, T, d) -> block output (B, T, d); updates the KV cache in place.
-    linear_impl: "torch" (F.linear) or "triton" (spd_ref.kernels.gemv for decode-sized inputs)."""
+    linear_impl: "torch" (F.linear) or "triton" (spd_ref.kernels.gemv for decode-sized inputs);
+    norm_impl: "torch" or "triton" (spd_ref.kernels.rmsnorm, a kernel the compiler does not fuse)."""
     b, t, _ = x.shape
     hd, n_kv = k_cache.shape[-1], k_cache.shape[1]
-    h = rms_norm(x, w["input_norm"], eps)
+    h = rms_norm(x, w["input_norm"], eps, norm_impl)
     qkv = linear(h, w["qkv_w"], w["qkv_b"], linear_impl).view(b, t, -1, hd).transpose(1, 2)
     q, k, v = qkv.split([qkv.shape[1] - 2 * n_kv, n_kv, n_kv], dim=1)
     q, k = rotate(q, cos, sin), rotate(k, cos, sin)
@@ -85,7 +81,7 @@ def block_forward(x: torch.Tensor, w: dict, k_cache: torch.Tensor, v_cache: torc
         gate, up = linear(y, w["gate_up_w"], w["gate_up_b"], linear_impl).chunk(2, dim=-1)
         return linear(act(gate) * up, w["down_w"], None, linear_impl)
 
-    return block_residual(x, partial, mlp_shard, lambda y: rms_norm(y, w["post_norm"], eps), sync,
+    return block_residual(x, partial, mlp_shard, lambda y: rms_norm(y, w["post_norm"], eps, norm_impl), sync,
                           mode, w["o_b"], w["down_b"])
 
 
@@ -107,7 +103,7 @@ class TPTransformer(nn.Module):
         self.embed, self.final_norm, self.lm_head = embed, final_norm, lm_head
         self.lm_head_shard = vocab_shard(lm_head, ctx.rank, ctx.world_size)
         self.lm_head_mode = DEFAULT_LM_HEAD  # checked by the setter below
-        self.attention, self.linear = DEFAULT_ATTENTION, DEFAULT_LINEAR  # checked by the setters below
+        self.attention, self.linear, self.norm = DEFAULT_ATTENTION, DEFAULT_LINEAR, DEFAULT_NORM  # setters below
         self.act, self.eps = ACT2FN[config.hidden_act], config.rms_norm_eps
         group = config.num_attention_heads // self.partition.num_kv_heads
         kv_of_q = [h // group - shard.kv_heads.start for h in shard.q_heads]
@@ -187,9 +183,11 @@ class TPTransformer(nn.Module):
             raise ValueError(f"lm_head mode {mode!r} is not known. Fix: one of {', '.join(LM_HEAD_MODES)}")
         self._lm_head_mode = mode
 
-    # The projections' and the decode attention's implementations, one of LINEAR_IMPLS / ATTENTION_IMPLS
-    # (spd_ref.kernels); setting one checks it and registers its kernel's op before any compile.
+    # The projections', the decode attention's and the norms' implementations, one of LINEAR_IMPLS /
+    # ATTENTION_IMPLS / NORM_IMPLS (spd_ref.kernels); setting one checks it and registers its kernel's op
+    # before any compile.
     linear = property(lambda self: self._linear, lambda self, impl: self._set_kernel("_linear", gemv.prepare, impl))
+    norm = property(lambda self: self._norm, lambda self, impl: self._set_kernel("_norm", rmsnorm.prepare, impl))
     attention = property(lambda self: self._attention,
                          lambda self, impl: self._set_kernel("_attention", attention_kernels.prepare, impl))
 
@@ -249,8 +247,8 @@ class TPTransformer(nn.Module):
         block_fn = self._block_fn_for_rows(x.shape[0] * x.shape[1])
         for w, (kc, vc), mode in zip(self.blocks, self.caches, self.block_modes):
             x = block_fn(x, w, kc, vc, cos, sin, input_pos, mask, mode, sync, self.act, self.eps,
-                         self.gqa, self.kv_index, self.attention, self.linear)
-        return self._logits(rms_norm(x, self.final_norm, self.eps))
+                         self.gqa, self.kv_index, self.attention, self.linear, self.norm)
+        return self._logits(rms_norm(x, self.final_norm, self.eps, self.norm))
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         """(B, T, V) on every rank. Split head without communication (the floor): this rank's

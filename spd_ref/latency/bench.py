@@ -21,8 +21,7 @@ How it times (DESIGN.md, performance protocol):
 - `--shard-of N` times, in one process, rank 0's shard of a TP-N model with no communication:
   the TP-N floor on one GPU (rows with shard_proxy=true), for work on compute without N GPUs.
 - CPU (gloo): eager, time.perf_counter. These numbers only exercise the code path (tests).
-- Timing helpers live in spd_ref.latency.timing, the row schema and writer in spd_ref.latency.schema,
-  shapes and the SPD blocks of a ratio in spd_ref.latency.workload.
+- Helpers: timing in spd_ref.latency.timing, rows in .schema, shapes and SPD blocks in .workload.
 - Decode is one token at position --ctx over a cache whose first --ctx positions hold random keys
   and values (the cost of a filled cache without compiling a prefill of that length), a cache of
   exactly ctx + 1 positions (the attention reads ctx + 1 keys).
@@ -31,11 +30,10 @@ How it times (DESIGN.md, performance protocol):
   the same, so for latency only the count matters; the rule just makes runs reproducible.
 - The floor (--no-comm) is the same model with every all-reduce replaced by an opaque no-op
   (`model.comm = "none"`, spd_ref.tp.skip_sync): wrong numbers, right cost of the compute alone,
-  with the compiler fusing around the no-op exactly as around an all-reduce. At TP 1 there is
-  nothing to remove: only the baseline is measured. The floor is measured first in each decode
-  group (batch, cache length), and every later row is checked against it and the baseline:
-  floor <= every communicating row, SPD 100% <= baseline (spd_ref.latency.consistency); rows that
-  break it are flagged `consistent: false` and printed as INCONSISTENT.
+  with the compiler fusing around the no-op exactly as around an all-reduce (TP 1: baseline only).
+  The floor is measured first in each decode group (batch, cache length), and every later row is
+  checked against it and the baseline: floor <= every communicating row, SPD 100% <= baseline
+  (spd_ref.latency.consistency); rows that break it are flagged `consistent: false`, INCONSISTENT.
 - The all-reduce microbenchmark (--ar-bench) times all-reduces of bf16 buffers (each --allreduce kind),
   --ar-per-graph of them captured in one graph, per message size; commcost fits these.
 
@@ -60,7 +58,7 @@ from spd_ref.latency.schema import RowWriter, make_row, run_metadata
 from spd_ref.latency.timing import graphed, ranks_agree, run_then_exit, slowest_rank, time_calls
 from spd_ref.latency.workload import DTYPES, SHAPES, blocks_for_ratio, llama_config, parse_list
 from spd_ref.model import (ATTENTION_IMPLS, COMPILE_MODES, DEFAULT_ATTENTION, DEFAULT_LINEAR, DEFAULT_LM_HEAD,
-                           LINEAR_IMPLS, LM_HEAD_MODES, TPTransformer, compile_mode_for)
+                           DEFAULT_NORM, LINEAR_IMPLS, LM_HEAD_MODES, NORM_IMPLS, TPTransformer, compile_mode_for)
 from spd_ref.tp import ALLREDUCE_KINDS, DEFAULT_ALLREDUCE, TPContext
 
 # ---- the model -----------------------------------------------------------------------------------
@@ -90,7 +88,7 @@ def bench_model(ctx, model, shape: str, meta: dict, writer: RowWriter, args) -> 
     gen = torch.Generator(device=dev).manual_seed(args.seed)
     base = dict(impl="spd_ref", shape=shape, layers=cfg.num_hidden_layers, hidden=cfg.hidden_size,
                 cuda_graph=dev.type == "cuda", tag=args.tag, lm_head=model.lm_head_mode,
-                attention=model.attention, linear=model.linear)
+                attention=model.attention, linear=model.linear, norm=model.norm)
 
     def row(kind: str, ratio: Optional[float], blocks: list[int], times: list[float], **kw) -> dict:
         med, p90, per_rank = slowest_rank(ctx, times)
@@ -162,7 +160,7 @@ def build_model(ctx, shape: str, args):
         model, label = TPTransformer.from_hf(config, state, ctx, dtype), folder.name
     else:
         model, label = TPTransformer.random(llama_config(shape, args.layers), ctx, dtype, seed=args.seed), shape
-    model.lm_head_mode, model.attention, model.linear = args.lm_head, args.attention, args.linear
+    model.lm_head_mode, model.attention, model.linear, model.norm = args.lm_head, args.attention, args.linear, args.norm
     return model, label
 
 
@@ -235,6 +233,8 @@ def parser() -> argparse.ArgumentParser:
            "FlexAttention, triton = spd_ref.kernels.splitkv (split-KV), auto = triton at one row, else sdpa")
     a("--linear", choices=LINEAR_IMPLS, default=DEFAULT_LINEAR,
       help=f"[ours: {DEFAULT_LINEAR}] projections of <= 16 rows: torch = F.linear, triton = spd_ref.kernels.gemv")
+    a("--norm", choices=NORM_IMPLS, default=DEFAULT_NORM, help=f"[ours: {DEFAULT_NORM}] RMSNorm: torch ops, or "
+      "triton = spd_ref.kernels.rmsnorm, one kernel the compiler does not fuse into the next GEMV")
     a("--shard-of", type=number(int, 1), default=1, metavar="N",
       help="one process, no torchrun: time rank 0's shard of a TP-N model with no communication "
            "(the per-GPU compute of TP N on one GPU; floor rows only, shard_proxy=true)")

@@ -36,7 +36,7 @@ ROW_FIELDS = ("kind", "impl", "shape", "layers", "hidden", "tp", "p2p", "batch",
               "compiled", "cuda_graph", "ms_median", "ms_p90", "ms_median_ranks", "repeats", "busbw_gbps",
               "ranks_agree", "compile_s", "compile_mode", "lm_head", "shard_proxy", "gpu", "gpu_count", "torch", "nccl",
               "cuda", "date", "dtype", "tag", "allreduce", "consistent", "consistency", "attention", "inductor",
-              "linear")
+              "linear", "norm")
 
 
 def make_row(meta: dict, **fields) -> dict:
