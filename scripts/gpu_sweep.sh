@@ -26,6 +26,7 @@
 #   bash scripts/gpu_sweep.sh h1b    # 1 H200: the kernel's new setting and --attention auto; floors alternated
 #   bash scripts/gpu_sweep.sh h1c    # 1 H200: floors with sdpa and auto alternated, ctx 2048 and 512, batch 1
 #   bash scripts/gpu_sweep.sh h1d    # 1 H200: RMSNorm as its own Triton kernel (profiles, floors alternated, check)
+#   bash scripts/gpu_sweep.sh h1e    # 1 H200: the RMSNorm kernel read once, warps timed; profile; floors alternated
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -404,6 +405,20 @@ case "$PHASE" in
     done
     raw gpu-check 150 "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node 1 scripts/gpu_check.py \
       --layers 4 --kernels-only --out "$OUT/gpu_check_$PHASE.json"
+    ;;
+  h1e)
+    # One H200 (issue 11): h1d's profile put the norm kernel at 2.9 us (two passes, 4 warps), eating most
+    # of the 5 us a layer its GEMVs gained, and its floors were within compile-to-compile noise. The kernel
+    # now reads a row once. The norm microbenchmark (every warp setting), the profile with --norm triton,
+    # then the batch-1 TP-2 shard floor (ctx 512) with torch and triton alternated four times.
+    raw norm 90 "$PYTHON" scripts/norm_bench.py --out "$OUT/norm_$PHASE.jsonl"
+    raw profile-triton 90 "$PYTHON" scripts/profile_decode.py --shard-of 2 --layers 8 --norm triton \
+      --out "$OUT/profile_${PHASE}_triton.txt"
+    F="$PYTHON -m spd_ref bench --shard-of 2 --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --out $JSONL --tag h1e-floor"
+    for i in 1 2 3 4; do
+      raw "floor-torch-$i" 50 $F --ctx 512 --batch 1 --norm torch
+      raw "floor-triton-$i" 50 $F --ctx 512 --batch 1 --norm triton
+    done
     ;;
   h1a)
     # One H200 (issue 11): decode attention as spd_ref's split-KV Triton kernel (spd_ref.kernels.splitkv).

@@ -23,8 +23,9 @@ from spd_ref.kernels.triton_env import interpreting, require_triton
 NORM_IMPLS = ("torch", "triton")
 DEFAULT_NORM = "torch"
 MAX_ROWS = 16  # [ours] token rows per call the kernel is used for, as spd_ref.kernels.gemv
-BLOCK_MAX = 4096  # [ours] elements a program reads per step; a wider row takes several steps
-WARPS = 4  # [ours]
+BLOCK_MAX = 8192  # [ours] a row up to this wide is read once and kept in registers; a wider one is read twice
+# num_warps candidates, timed by scripts/norm_bench.py; the first is the one used [ours]
+WARPS = (8, 4, 16, 2)
 
 
 def check(impl: str) -> None:
@@ -43,27 +44,36 @@ def _kernel():
     triton, tl = require_triton("norm 'triton'", "norm 'torch'")
 
     @triton.jit
-    def rmsnorm_kernel(x_ptr, w_ptr, y_ptr, D, stride_x, stride_y, eps, BLOCK: tl.constexpr):
+    def rmsnorm_kernel(x_ptr, w_ptr, y_ptr, D, stride_x, stride_y, eps, BLOCK: tl.constexpr, ONE_PASS: tl.constexpr):
         row = tl.program_id(0)
-        squares = tl.zeros((BLOCK,), tl.float32)
-        for d0 in range(0, D, BLOCK):
-            d = d0 + tl.arange(0, BLOCK)
-            x = tl.load(x_ptr + row * stride_x + d, mask=d < D, other=0.0).to(tl.float32)
-            squares += x * x
-        scale = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / D + eps)
-        for d0 in range(0, D, BLOCK):
-            d = d0 + tl.arange(0, BLOCK)
+        if ONE_PASS:  # the whole row in one block: read once
+            d = tl.arange(0, BLOCK)
             x = tl.load(x_ptr + row * stride_x + d, mask=d < D, other=0.0)
-            w = tl.load(w_ptr + d, mask=d < D, other=0.0)
+            scale = 1.0 / tl.sqrt(tl.sum(x.to(tl.float32) * x.to(tl.float32), axis=0) / D + eps)
             normed = (x.to(tl.float32) * scale).to(x.dtype)  # rounded to x's dtype before the weight, as torch
+            w = tl.load(w_ptr + d, mask=d < D, other=0.0)
             tl.store(y_ptr + row * stride_y + d, (normed.to(tl.float32) * w.to(tl.float32)).to(y_ptr.dtype.element_ty),
                      mask=d < D)
+        else:  # sum the squares block by block, then read the row again to scale it
+            squares = tl.zeros((BLOCK,), tl.float32)
+            for d0 in range(0, D, BLOCK):
+                d = d0 + tl.arange(0, BLOCK)
+                x = tl.load(x_ptr + row * stride_x + d, mask=d < D, other=0.0).to(tl.float32)
+                squares += x * x
+            scale = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / D + eps)
+            for d0 in range(0, D, BLOCK):
+                d = d0 + tl.arange(0, BLOCK)
+                x = tl.load(x_ptr + row * stride_x + d, mask=d < D, other=0.0)
+                w = tl.load(w_ptr + d, mask=d < D, other=0.0)
+                normed = (x.to(tl.float32) * scale).to(x.dtype)
+                tl.store(y_ptr + row * stride_y + d,
+                         (normed.to(tl.float32) * w.to(tl.float32)).to(y_ptr.dtype.element_ty), mask=d < D)
 
     return triton, rmsnorm_kernel
 
 
-def launch(x: torch.Tensor, weight: torch.Tensor, eps: float, wrap=None) -> torch.Tensor:
-    """One program per row of x (..., D); `wrap` is torch.library.wrap_triton inside the torch op."""
+def launch(x: torch.Tensor, weight: torch.Tensor, eps: float, warps: int = WARPS[0], wrap=None) -> torch.Tensor:
+    """One program per row of x (..., D) with `warps` warps; `wrap` is torch.library.wrap_triton inside the op."""
     d = x.shape[-1]
     if weight.shape != (d,) or x.stride(-1) != 1:
         raise ValueError(f"rms_norm: x {tuple(x.shape)} must be contiguous in its last dim and weight "
@@ -71,9 +81,10 @@ def launch(x: torch.Tensor, weight: torch.Tensor, eps: float, wrap=None) -> torc
     triton, kernel = _kernel()
     rows = x.reshape(-1, d)
     out = torch.empty(rows.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
+    block = min(triton.next_power_of_2(d), BLOCK_MAX)
     (wrap(kernel) if wrap else kernel)[(rows.shape[0],)](
-        rows, weight, out, d, rows.stride(0), out.stride(0), float(eps),
-        BLOCK=min(triton.next_power_of_2(d), BLOCK_MAX), num_warps=WARPS)
+        rows, weight, out, d, rows.stride(0), out.stride(0), float(eps), BLOCK=block, ONE_PASS=block >= d,
+        num_warps=warps)
     return out.view(*x.shape[:-1], d)
 
 
