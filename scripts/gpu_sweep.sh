@@ -27,6 +27,7 @@
 #   bash scripts/gpu_sweep.sh h1c    # 1 H200: floors with sdpa and auto alternated, ctx 2048 and 512, batch 1
 #   bash scripts/gpu_sweep.sh h1d    # 1 H200: RMSNorm as its own Triton kernel (profiles, floors alternated, check)
 #   bash scripts/gpu_sweep.sh h1e    # 1 H200: the RMSNorm kernel read once, warps timed; profile; floors alternated
+#   bash scripts/gpu_sweep.sh h1f    # 1 H200: more batch-1 floor pairs, --norm torch / triton, order alternated
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -418,6 +419,17 @@ case "$PHASE" in
     for i in 1 2 3 4; do
       raw "floor-torch-$i" 50 $F --ctx 512 --batch 1 --norm torch
       raw "floor-triton-$i" 50 $F --ctx 512 --batch 1 --norm triton
+    done
+    ;;
+  h1f)
+    # One H200 (issue 11): h1d and h1e's floor pairs (torch / triton norm) split 5 to 2 for the kernel,
+    # within the compile-to-compile spread. More pairs, batch 1, ctx 512, the order swapped every pair.
+    F="$PYTHON -m spd_ref bench --shard-of 2 --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --out $JSONL --tag h1f-floor"
+    for i in 1 2 3 4 5 6 7; do
+      first=torch second=triton
+      (( i % 2 == 0 )) && first=triton second=torch
+      raw "floor-$first-$i" 45 $F --ctx 512 --batch 1 --norm $first
+      raw "floor-$second-$i" 45 $F --ctx 512 --batch 1 --norm $second
     done
     ;;
   h1a)
