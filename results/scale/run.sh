@@ -6,7 +6,7 @@
 # order 0, 0.5, 1, 0.25, 0.75 (the coarse curve first).
 # Run from the repository root:  bash results/scale/run.sh [smollm2|qwen0.5|qwen1.5|recovery]  (default: the
 # first two lanes side by side, one core each; never two Qwen models at once: the sweep holds the 1.5B
-# in fp32 plus a bf16 scorer, and its recovery sweep at TP 2 peaked at 17.4 GB resident).
+# in fp32 plus a bf16 scorer, and its recovery sweep at TP 2 peaked at 21.2 GB resident).
 set -euo pipefail
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TQDM_DISABLE=1
 PY=${PY:-python}

@@ -46,8 +46,8 @@ BATCH_SIZE = 16  # [ours] lm-eval's batch when scoring; the store's keys name an
 
 def release_memory() -> None:
     """Hand memory that earlier settings freed back to the OS before a scoring run (glibc keeps freed heap
-    pages). With this and no copy of the original weights, the 1.5B model's TP-2 recovery sweep peaked at
-    17.4 GB resident, where it had been killed at 24.2 GB on a 24 GiB machine."""
+    pages). With this and no copy of the original weights, the 1.5B model's TP-2 recovery sweep ran whole
+    at a peak of 21.2 GB resident, where it had been killed at 24.2 GB on a 24 GiB machine."""
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
