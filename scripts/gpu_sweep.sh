@@ -28,6 +28,7 @@
 #   bash scripts/gpu_sweep.sh h1d    # 1 H200: RMSNorm as its own Triton kernel (profiles, floors alternated, check)
 #   bash scripts/gpu_sweep.sh h1e    # 1 H200: the RMSNorm kernel read once, warps timed; profile; floors alternated
 #   bash scripts/gpu_sweep.sh h1f    # 1 H200: more batch-1 floor pairs, --norm torch / triton, order alternated
+#   bash scripts/gpu_sweep.sh h1g    # 1 H200: the batch-1 floor compiled with an empty inductor cache each time, then with one shared
 #   bash scripts/gpu_sweep.sh smoke  # ~3 minutes: every code path on 2 GPUs with 2-layer shapes
 #
 # Each phase writes $OUT/sweep_PHASE.jsonl (one row per measurement, results/README.md), the full
@@ -430,6 +431,21 @@ case "$PHASE" in
       (( i % 2 == 0 )) && first=triton second=torch
       raw "floor-$first-$i" 45 $F --ctx 512 --batch 1 --norm $first
       raw "floor-$second-$i" 45 $F --ctx 512 --batch 1 --norm $second
+    done
+    ;;
+  h1g)
+    # One H200 (issue 11): in h1f, on the machine h1e had used (its inductor cache in .cache/inductor),
+    # seven compiles of each kind reproduced h1e's last floor to 0.004 ms, where compiles had spread by
+    # 0.1-0.3 ms before. Is the spread max-autotune choosing anew, and does a warm cache fix it? The
+    # batch-1 TP-2 shard floor (ctx 512) three times, each compile with an empty cache of its own, then
+    # three times sharing one new cache.
+    F="$PYTHON -m spd_ref bench --shard-of 2 --prompt-lens none --no-comm --repeats 100 --warmup 10 --shape llama2-7b --ctx 512 --batch 1 --out $JSONL"
+    for i in 1 2 3; do
+      TORCHINDUCTOR_CACHE_DIR="$(mktemp -d)" raw "floor-cold-$i" 60 $F --tag h1g-cold-$i
+    done
+    shared="$(mktemp -d)"
+    for i in 1 2 3; do
+      TORCHINDUCTOR_CACHE_DIR="$shared" raw "floor-shared-$i" 60 $F --tag h1g-shared-$i
     done
     ;;
   h1a)
