@@ -12,8 +12,9 @@ all-reduce, where GPUs allow it), and on GPUs with the decode projections as spd
 Triton kernel (linear "triton"), decode attention as spd_ref.kernels.splitkv's (attention "triton") and
 RMSNorm as spd_ref.kernels.rmsnorm's (norm "triton"), each eager and compiled (--kernels-only: only
 those bf16 rows, beside one eager and one max-autotune row without kernels); a oneshot row also gives
-its difference from the nccl row of the same setting (`vs_nccl`). Decode steps are teacher-forced with the reference's tokens (random weights give
-near-tied logits, where bf16 rounding may flip an argmax). Works on CPUs with gloo too.
+its difference from the nccl row of the same setting (`vs_nccl`). Decode steps are teacher-forced with
+the reference's tokens (random weights give near-tied logits, where bf16 rounding may flip an argmax).
+Works on CPUs with gloo too.
 """
 from __future__ import annotations
 

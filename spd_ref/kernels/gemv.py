@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from spd_ref.kernels.triton_env import interpreting, require_triton
+from spd_ref.kernels.triton_env import interpreting, refuse_inside_compile, require_triton
 
 LINEAR_IMPLS = ("torch", "triton")
 DEFAULT_LINEAR = "torch"  # [ours] the kernel was measured no faster (module docstring)
@@ -120,9 +120,8 @@ def prepare(impl: str) -> None:
 def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None,
            impl: str = DEFAULT_LINEAR) -> torch.Tensor:
     """F.linear(x, w, b), with impl "triton" sending a decode-sized half-precision x to the kernel."""
-    if impl == "triton" and _OP is None and torch.compiler.is_compiling():
-        raise RuntimeError("linear impl 'triton' inside a compile needs the op registered first. "
-                           "Fix: call spd_ref.kernels.gemv.prepare('triton') before compiling")
+    if impl == "triton" and _OP is None:
+        refuse_inside_compile("linear impl 'triton'", "spd_ref.kernels.gemv.prepare('triton')")
     prepare(impl)  # checks impl; registers the op on first eager use
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if impl == "torch" or rows == 0 or rows > MAX_ROWS or x.dtype not in (torch.bfloat16, torch.float16):

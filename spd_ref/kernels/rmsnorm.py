@@ -18,7 +18,7 @@ import functools
 
 import torch
 
-from spd_ref.kernels.triton_env import interpreting, require_triton
+from spd_ref.kernels.triton_env import interpreting, refuse_inside_compile, require_triton
 
 NORM_IMPLS = ("torch", "triton")
 DEFAULT_NORM = "torch"
@@ -113,8 +113,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, impl: str = DEFA
     if impl == "torch" or not on_kernel:
         return reference(x, weight, eps)
     if _OP is None:
-        if torch.compiler.is_compiling():
-            raise RuntimeError("norm 'triton' inside a compile needs the op registered first. "
-                               "Fix: call spd_ref.kernels.rmsnorm.prepare('triton') before compiling")
+        refuse_inside_compile("norm 'triton'", "spd_ref.kernels.rmsnorm.prepare('triton')")
         prepare(impl)
     return _OP(x.contiguous(), weight, eps)

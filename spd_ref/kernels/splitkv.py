@@ -22,7 +22,7 @@ import functools
 
 import torch
 
-from spd_ref.kernels.triton_env import interpreting, require_triton
+from spd_ref.kernels.triton_env import interpreting, refuse_inside_compile, require_triton
 
 MAX_TOKENS = 16  # [ours] query tokens per call the kernel is used for; prefill goes to sdpa
 # Launch settings (BLOCK_S keys per step of a program, TARGET programs a call's spans aim at, num_warps,
@@ -182,8 +182,6 @@ def prepare() -> None:
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if _OP is None:
-        if torch.compiler.is_compiling():
-            raise RuntimeError("attention 'triton' inside a compile needs the op registered first. "
-                               "Fix: call spd_ref.kernels.attention.prepare('triton') before compiling")
+        refuse_inside_compile("attention 'triton'", "spd_ref.kernels.attention.prepare('triton')")
         prepare()
     return _OP(q, keys, values, mask)
