@@ -107,6 +107,8 @@ def test_calibration_windows_are_seeded(tokenizer) -> None:
     assert torch.equal(torch.get_rng_state(), rng_before)  # a private generator: global RNG untouched
     assert torch.equal(data.calibration_tokens(tokenizer, n_samples=8, seq_len=64, seed=3), first)
     assert not torch.equal(data.calibration_tokens(tokenizer, n_samples=8, seq_len=64, seed=4), first)
+    # a larger draw begins with the smaller one: recover_samples widens B2B's data under the same scan
+    assert torch.equal(data.calibration_tokens(tokenizer, n_samples=32, seq_len=64, seed=3)[:8], first)
 
 
 def test_heldout_windows_are_consecutive_slices_of_heldout_text(tokenizer, split) -> None:

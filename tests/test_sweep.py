@@ -1,5 +1,6 @@
 """The sweep's bookkeeping: recovery per class, averages, the 1-point rule on the paired interval, the
 report, and resuming from the store (a tiny random model; lm-eval replaced by a per-item scorer)."""
+import pytest
 import torch
 
 from conftest import random_model, tiny_config
@@ -61,7 +62,7 @@ def test_sweep_resumes_from_its_store(tmp_path, monkeypatch):
 
     capture_block_inputs = sweep.capture_block_inputs
     monkeypatch.setattr(evaluate, "evaluate_model", score)
-    monkeypatch.setattr(data, "calibration_tokens", lambda tok, n, seq, seed: ids)
+    monkeypatch.setattr(data, "calibration_tokens", lambda tok, n, seq, seed: ids.repeat(n, 1)[:n])  # n windows
     monkeypatch.setattr(sweep, "capture_block_inputs", capture)
     model, store = random_model(tiny_config(layers=4)), ResultStore(tmp_path)
     run = lambda: sweep_tp(model, None, 2, [0.0, 0.5, 1.0], strategies=("zs", "random"), eval_dtype=torch.float32,
@@ -138,3 +139,42 @@ def test_recovery_gains_are_paired_and_skip_identical_settings():
     gain = got[(2, 1.0, "b2b - zs")]
     assert abs(gain.drop - 0.10) < 1e-12 and 0 < gain.low <= 0.10 <= gain.high
     assert got[(2, 1.0, "hg - b2b")].drop == 0.0
+
+
+def test_recover_samples_widen_recovery_only(tmp_path, monkeypatch):
+    """--recover-samples: the scan reads the first `samples` windows and is the stored one; B2B trains
+    on all the windows and its settings are new in the store; ratio 0 and zero-shot ones are reused."""
+    import spd_ref.calibration.data as data
+    import spd_ref.evaluation.evaluate as evaluate
+    import spd_ref.evaluation.sweep as sweep
+    from spd_ref.calibration.sensitivity import BlockClass
+
+    pool = torch.randint(0, 256, (6, 12), generator=torch.Generator().manual_seed(2))
+    seen = {"scan": [], "recover": [], "score": 0}
+
+    def score(model, tokenizer, tasks, limit=None, batch_size=16):
+        seen["score"] += 1
+        return [{"task": "t", "metric": "acc", "value": 0.5, "items": [0.0, 1.0]}]
+
+    scan, recover = sweep.sensitivity_scan, sweep.recover_block
+    monkeypatch.setattr(evaluate, "evaluate_model", score)
+    monkeypatch.setattr(data, "calibration_tokens", lambda tok, n, seq, seed: pool[:n])
+    monkeypatch.setattr(sweep, "classify", lambda s: [BlockClass.SENSITIVE] * len(s.scores))
+    monkeypatch.setattr(sweep, "sensitivity_scan", lambda model, cache, **kw:
+                        seen["scan"].append(cache.tokens.shape[0]) or scan(model, cache, **kw))
+    monkeypatch.setattr(sweep, "recover_block",
+                        lambda model, cache, *a, **kw: seen["recover"].append(cache.tokens.shape[0])
+                        or recover(model, cache, *a, **kw))
+    model, store = random_model(tiny_config(layers=2)), ResultStore(tmp_path)
+    run = lambda strategy, more: sweep_tp(model, None, 2, [0.0, 1.0], strategies=(strategy,), samples=2,
+                                          seq_len=12, recover_samples=more, eval_dtype=torch.float32,
+                                          progress=False, model_name="t", store=store)
+    run("zs", None)
+    assert seen == {"scan": [2], "recover": [], "score": 2}
+    rows = run("b2b", 6)
+    assert seen == {"scan": [2], "recover": [6, 6], "score": 3}  # the stored scan; only the B2B setting scored
+    assert {r["recover_samples"] for r in rows if r.get("spd_ratio") == 1.0} == {6}
+    run("b2b", None)  # B2B on the scan's 2 windows: another setting
+    assert seen["recover"] == [6, 6, 2, 2] and seen["score"] == 4
+    with pytest.raises(ValueError, match="recover_samples=1 is below samples=2"):
+        run("b2b", 1)

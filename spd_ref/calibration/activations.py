@@ -82,6 +82,15 @@ class BlockInputs:
         """hidden[l] (or some of its windows) in the model's dtype, on its device."""
         return self.hidden[l][rows].to(device=self.device, dtype=self.dtype)
 
+    def first(self, n: int) -> "BlockInputs":
+        """The same cache restricted to its first n windows (views, no copy): the scan can read fewer
+        windows than recovery trains on (calibrate's recover_samples)."""
+        if not 1 <= n <= self.tokens.shape[0]:
+            raise ValueError(f"n={n} windows asked of a cache of {self.tokens.shape[0]}. Fix: 1 <= n <= "
+                             f"{self.tokens.shape[0]}")
+        return BlockInputs(self.tokens[:n], [h[:n] for h in self.hidden], self.kwargs, self.batch_size,
+                           self.device, self.dtype)
+
     def batches(self, l: int) -> list[tuple[slice, torch.Tensor]]:
         n = self.hidden[l].shape[0]
         return [(slice(i, min(i + self.batch_size, n)), self.block(l, slice(i, i + self.batch_size)))

@@ -50,8 +50,8 @@ def _strategy(block_class, b2b: bool, hg: bool) -> str:
 
 def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, tokens: Optional[torch.Tensor] = None,
               samples: int = SAMPLES, seq_len: int = SEQ_LEN, seed: int = 0, source: str = "offline",
-              tau1: float = TAU1, tau2: float = TAU2, lr: float = LR, epochs: int = EPOCHS,
-              b2b: bool = True, hg: bool = True, b2b_batch_size: int = BATCH_SIZE,
+              recover_samples: Optional[int] = None, tau1: float = TAU1, tau2: float = TAU2, lr: float = LR,
+              epochs: int = EPOCHS, b2b: bool = True, hg: bool = True, b2b_batch_size: int = BATCH_SIZE,
               weight_decay: float = WEIGHT_DECAY, map_samples: int = MAP_SAMPLES, batch_size: int = SCAN_BATCH,
               hg_rule: str = RULE, holdout: float = HOLDOUT, refit: bool = False, sequential: bool = False,
               cache_dtype: Optional[torch.dtype] = None, offload: Optional[str] = None,
@@ -60,15 +60,25 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
 
     tokens: calibration windows (n, T); when None, `spd_ref.calibration.data.calibration_tokens(tokenizer, samples,
     seq_len, seed, source)`. [ours] The scan measures perplexity on these calibration windows (held-out
-    text stays for evaluation). The model is left as it was found (weights, TP state, SPD blocks).
+    text stays for evaluation). recover_samples: [ours] windows that recovery (HG, B2B) trains on, when
+    it should see more than the scan; the scan then reads the first `samples` of them (a seeded draw of
+    more windows begins with the smaller draw, so the scan is unchanged). None: the scan's windows.
+    The model is left as it was found (weights, TP state, SPD blocks).
     checkpoint: where finished work is kept and read back from (spd_ref.calibration.resume), or None.
     hg_rule, holdout, refit, sequential: recovery (spd_ref.calibration.recover); cache_dtype, offload:
     how block activations are stored (spd_ref.calibration.activations).
     """
     given = tokens is not None
+    if given and recover_samples is not None:
+        raise ValueError("recover_samples draws the calibration windows, and tokens were given too. Fix: pass "
+                         "one of them (given tokens serve the scan and recovery alike)")
+    if recover_samples is not None and recover_samples < samples:
+        raise ValueError(f"recover_samples={recover_samples} is below samples={samples}; recovery trains on the "
+                         "scan's windows and more. Fix: recover_samples >= samples, or None")
     if not given:
         from spd_ref.calibration.data import calibration_tokens
-        tokens = calibration_tokens(tokenizer, samples, seq_len, seed, source)
+        tokens = calibration_tokens(tokenizer, recover_samples or samples, seq_len, seed, source)
+    scan_windows = samples if recover_samples else tokens.shape[0]
     was_tp = isinstance(decoder_layers(model)[0], SimulatedTPLayer)
     was_degree, was_spd = getattr(model, "tp_degree", 1), spd_blocks_of(model) if was_tp else []
     model.eval()
@@ -76,9 +86,9 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
     try:
         cache = capture_block_inputs(model, tokens, batch_size, progress, dtype=cache_dtype, offload=offload)
         keep = checkpoint or Checkpoint(None)
-        scan = keep.scan(lambda: sensitivity_scan(model, cache, progress=progress))
+        scan = keep.scan(lambda: sensitivity_scan(model, cache.first(scan_windows), progress=progress))
         # [ours] bootstrap over windows: which scores the data can resolve (one window: no interval)
-        noise = scan_intervals(scan) if tokens.shape[0] > 1 else None
+        noise = scan_intervals(scan) if scan_windows > 1 else None
         classes = classify(scan, tau1, tau2)
         chosen = choose_blocks(scan.scores, ratio)
         layers = decoder_layers(model)
@@ -98,7 +108,8 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
             apply_tp(model, was_degree, was_spd)
         else:
             remove_tp(model)
-    settings = {"ratio": ratio, "samples": int(tokens.shape[0]), "seq_len": int(tokens.shape[1]), "seed": seed,
+    settings = {"ratio": ratio, "samples": int(scan_windows), "recover_samples": int(tokens.shape[0]),
+                "seq_len": int(tokens.shape[1]), "seed": seed,
                 "source": "given" if given else source, "tau1": tau1, "tau2": tau2, "lr": lr,
                 "epochs": epochs, "b2b": b2b, "hg": hg, "b2b_batch_size": b2b_batch_size,
                 "weight_decay": weight_decay, "map_samples": map_samples, "scan_batch_size": batch_size,
@@ -115,10 +126,14 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """The model's heads against --tp, the window length against its positions, tau1 <= tau2."""
+    """The model's heads against --tp, the window length against its positions, tau1 <= tau2, recovery's
+    windows at least the scan's."""
     if args.tau1 > args.tau2:
         raise ValueError(f"--tau1 {args.tau1} is above --tau2 {args.tau2}: in-sensitive blocks must score below "
                          "extremely sensitive ones. Fix: give tau1 <= tau2")
+    if args.recover_samples is not None and args.recover_samples < args.samples:
+        raise ValueError(f"--recover-samples {args.recover_samples} is below --samples {args.samples}: recovery "
+                         "trains on the scan's windows and more. Fix: give --recover-samples >= --samples")
     check_model_args(args.model, [args.tp], seq_len=args.seq_len)
 
 
@@ -136,6 +151,9 @@ def _parser() -> CommandParser:
     p.add_argument("--out", type=output_folder, required=True,
                    help="folder to write plan.json and weights.safetensors into")
     p.add_argument("--samples", type=count, default=SAMPLES, help=f"calibration windows [ours] {SAMPLES}; paper 128")
+    p.add_argument("--recover-samples", type=count, default=None,
+                   help="windows HG and B2B train on, when more than the scan's; the scan reads the first "
+                        "--samples of them [ours: the scan's windows]")
     p.add_argument("--seq-len", type=number(int, 2), default=SEQ_LEN,
                    help=f"tokens per window [ours] {SEQ_LEN}; paper 2048")
     p.add_argument("--seed", type=int, default=0, help="window sampling and B2B shuffling seed")
@@ -188,7 +206,8 @@ def cli(argv: list[str]) -> int:
     checkpoint = Checkpoint(Path(args.out) / FOLDER, settings)
     model, tokenizer = load_model(args.model, getattr(torch, args.dtype))
     plan = calibrate(model, tokenizer, args.tp, args.ratio, samples=args.samples, seq_len=args.seq_len,
-                     seed=args.seed, source=args.source, tau1=args.tau1, tau2=args.tau2, lr=args.lr,
+                     recover_samples=args.recover_samples, seed=args.seed, source=args.source, tau1=args.tau1,
+                     tau2=args.tau2, lr=args.lr,
                      epochs=args.epochs, b2b=not args.no_b2b, hg=not args.no_hg, b2b_batch_size=args.b2b_batch_size,
                      map_samples=args.map_samples, batch_size=args.batch_size, hg_rule=args.hg_rule,
                      holdout=args.b2b_holdout, refit=args.b2b_refit, sequential=args.b2b_sequential,

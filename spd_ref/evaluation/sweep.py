@@ -64,15 +64,16 @@ def recovery(strategy: str, block_class: BlockClass) -> str:
 
 def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str = "offline",
              limit: Optional[int] = None, samples: int = SAMPLES, seq_len: int = SEQ_LEN, seed: int = 0,
-             strategies: tuple[str, ...] = STRATEGIES, eval_dtype: torch.dtype = torch.bfloat16,
-             batch_size: int = BATCH_SIZE, progress: bool = True, model_name: str = "",
-             store: Optional[ResultStore] = None,
+             recover_samples: Optional[int] = None, strategies: tuple[str, ...] = STRATEGIES,
+             eval_dtype: torch.dtype = torch.bfloat16, batch_size: int = BATCH_SIZE, progress: bool = True,
+             model_name: str = "", store: Optional[ResultStore] = None,
              on_setting: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
     """Score every (strategy, ratio) at one TP degree; returns rows (one per task metric).
 
     Calibration and recovery run on `model` as it is (fp32); [ours] scoring runs on a copy in
     `eval_dtype` (bf16 by default: about 3x faster on a CPU, and what GPUs serve in) with lm-eval's
-    `batch_size` (a smaller one holds fewer logits of a large vocabulary at once). With a
+    `batch_size` (a smaller one holds fewer logits of a large vocabulary at once). recover_samples:
+    windows HG and B2B train on when more than the scan's `samples` (calibrate's option). With a
     `store`, finished pieces are read back instead of computed; `on_setting(rows so far)` is called
     after each setting (to write rows as they come).
     """
@@ -86,15 +87,20 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
     apply_tp(model, tp_degree)  # the model's own weights never change (recovery trains copies): the
     # scorer is reset from them, converted by load_state_dict (a copy of them would cost 3.6 GB at 1.5B)
     block_inputs = []  # captured once, only when something needs them (not on a resumed zero-shot run)
+    if recover_samples is not None and recover_samples < samples:
+        raise ValueError(f"recover_samples={recover_samples} is below samples={samples}: recovery trains on the "
+                         "scan's windows and more. Fix: recover_samples >= samples, or None")
+    windows = recover_samples or samples
 
-    def inputs():
+    def inputs():  # recovery's windows; the scan reads the first `samples` (a seeded draw's prefix)
         if not block_inputs:
-            tokens = calibration_tokens(tokenizer, samples, seq_len, seed)
+            tokens = calibration_tokens(tokenizer, windows, seq_len, seed)
             block_inputs.append(capture_block_inputs(model, tokens, progress=progress))
         return block_inputs[0]
 
     scan = SensitivityScan(**cached({"kind": "scan", **calibration},
-                                    lambda: sensitivity_scan(model, inputs(), progress=progress).__dict__))
+                                    lambda: sensitivity_scan(model, inputs().first(samples),
+                                                             progress=progress).__dict__))
     classes = classify(scan)
     num, params = len(decoder_layers(model)), sum(p.numel() for p in model.parameters())
     scorer, recovered = None, {}
@@ -133,6 +139,8 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
             key = {**setting, "blocks": blocks, "recovered": sorted((l, k) for l, k in kinds.items() if k != "zs")}
             if "hg+b2b" in kinds.values():  # what HG does changed with its rule: never mix them in the store
                 key["hg_rule"] = HG_RULE
+            if key["recovered"] and windows != samples:  # recovery trained on more windows than the scan
+                key["recover_samples"] = windows
             points.append((strategy, ratio, blocks, kinds, key))
     if store is not None:  # finished settings first: rows written as they come never lose a finished one
         points.sort(key=lambda p: store.get(p[4]) is None)
@@ -150,6 +158,7 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
                      "eval_dtype": setting["eval_dtype"], "spd_blocks": blocks,
                      "hg_rule": HG_RULE if "hg+b2b" in kinds.values() else None,
                      "recovered": {l: k for l, k in kinds.items() if k != "zs"}, "score_s": done["score_s"],
+                     "recover_samples": windows if any(k != "zs" for k in kinds.values()) else None,
                      **drop, **row} for row in done["rows"]]
         return out + sensitivity_rows(scan, classes, tp_degree, model_name, params)
 
@@ -187,6 +196,9 @@ def check_args(args: argparse.Namespace) -> None:
         if not list(Path(args.out).glob("sweep_tp*.jsonl")):
             raise ValueError(f"--report: no sweep_tp*.jsonl in {args.out!r}. Fix: give the --out folder of a sweep")
         return
+    if args.recover_samples is not None and args.recover_samples < args.samples:
+        raise ValueError(f"--recover-samples {args.recover_samples} is below --samples {args.samples}: recovery "
+                         "trains on the scan's windows and more. Fix: give --recover-samples >= --samples")
     from spd_ref.evaluation.evaluate import check_hub_for, resolve_tasks
 
     check_hub_for(resolve_tasks(args.tasks))
@@ -209,7 +221,10 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=number(int, 1), default=BATCH_SIZE,
                    help=f"lm-eval's batch when scoring [ours: {BATCH_SIZE}; smaller needs less memory for "
                         "a large vocabulary, and is a separate setting in the store]")
-    p.add_argument("--samples", type=number(int, 1), default=SAMPLES)
+    p.add_argument("--samples", type=number(int, 1), default=SAMPLES, help=f"scan windows [ours: {SAMPLES}]")
+    p.add_argument("--recover-samples", type=number(int, 1), default=None,
+                   help="windows HG and B2B train on, when more than --samples (the scan reads the first "
+                        "--samples of them; a separate setting in the store) [ours: the scan's]")
     p.add_argument("--seq-len", type=number(int, 2), default=SEQ_LEN)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=output_folder, default="results/sweep",
@@ -233,8 +248,8 @@ def cli(argv: list[str]) -> int:
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
         sweep_tp(model, tokenizer, tp, ratios, args.tasks, args.limit, args.samples, args.seq_len, args.seed,
-                 tuple(args.strategies), batch_size=args.batch_size, model_name=portable_name(args.model),
-                 store=store, on_setting=write)
+                 args.recover_samples, tuple(args.strategies), batch_size=args.batch_size,
+                 model_name=portable_name(args.model), store=store, on_setting=write)
     rows = load_rows(out)
     plot_sweep(rows, out / "sweep.png", title=args.model)
     print(report(rows))
