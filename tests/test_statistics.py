@@ -3,7 +3,7 @@ whose true drop is known."""
 import numpy as np
 import pytest
 
-from spd_ref.evaluation.statistics import Drop, paired_drop, rows_drop
+from spd_ref.evaluation.statistics import Drop, paired_drop, projected_half_width, rows_drop
 
 
 def paired_items(rng, n: int, acc: float, flip_down: float, flip_up: float) -> tuple[np.ndarray, np.ndarray]:
@@ -66,3 +66,23 @@ def test_rows_drop_reads_evaluation_rows():
     after = [{"task": "t", "metric": "acc", "items": [1, 0, 1, 0]}, {"task": "t", "metric": "acc_norm", "items": [0] * 4}]
     d = rows_drop(before, after)
     assert d.drop == pytest.approx(0.5) and 0.0 <= d.low <= 0.5 <= d.high <= 1.0
+
+
+def test_projected_half_width_matches_the_bootstrap_and_shrinks_with_items():
+    rng = np.random.default_rng(3)
+    before = {t: (rng.random(n) < 0.7).astype(float) for t, n in (("a", 400), ("b", 200))}
+    after = {t: np.where(rng.random(len(v)) < 0.1, 1 - v, v) for t, v in before.items()}  # 10% of items flip
+    d = paired_drop(before, after, iters=4000)
+    now = projected_half_width(before, after, {"a": 400, "b": 200})
+    assert now == pytest.approx((d.high - d.low) / 2, rel=0.08)  # the normal approximation of the bootstrap
+    assert projected_half_width(before, after, {"a": 1600, "b": 800}) == pytest.approx(now / 2)
+    # a task whose items are used up caps it: more of the other one alone cannot halve it
+    assert projected_half_width(before, after, {"a": 10 ** 9, "b": 200}) > 0.75 * now
+    with pytest.raises(ValueError, match="sizes must name every task"):
+        projected_half_width(before, after, {"a": 400})
+
+
+def test_material_counts_what_the_offline_tasks_can_build():
+    from spd_ref.evaluation.tasks import material
+
+    assert material() == {"spd_analogy": 19544, "spd_polarity": 200, "spd_lambada": 255, "spd_hellaswag": 492}

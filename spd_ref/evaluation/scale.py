@@ -1,6 +1,7 @@
 """The scale study (issue 13): how SPD's tolerance changes with model size, from recorded sweep rows.
 
     python -m spd_ref.evaluation.scale results/scale     # prints the summary, writes tolerance.png
+    python -m spd_ref.evaluation.scale --resolution      # how far more items could narrow each interval
 
 Reads every results/scale/MODEL/sweep_tpN.jsonl (spd_ref.evaluation.sweep) and gives, per model and TP
 degree: the share of in-sensitive blocks (scan score <= tau1), the largest SPD ratio whose paired
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 from spd_ref.calibration.sensitivity import BlockClass
+from spd_ref.evaluation.statistics import item_scores, projected_half_width
 from spd_ref.evaluation.sweep_rows import drops, largest_ratio_within, load_rows
 
 # The paper's statements on in-sensitive blocks (METHOD.md s.3), drawn beside our measurements.
@@ -121,11 +123,41 @@ def main(argv: list[str]) -> int:
     p = CommandParser(prog="python -m spd_ref.evaluation.scale", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", nargs="?", default="results/scale", type=_study_folder,
                    help="the study folder: one subfolder of sweep rows per model (default results/scale)")
-    folder = Path(p.parse_args(argv).folder)
+    p.add_argument("--resolution", action="store_true",
+                   help="print how far more items could narrow each interval, instead of the summary")
+    args = p.parse_args(argv)
+    folder = Path(args.folder)
+    if args.resolution:
+        from spd_ref.evaluation.tasks import material
+
+        print(resolution(load_study(folder), material()))
+        return 0
     lines = summary(load_study(folder))
     print(markdown(lines))
     print(f"\nfigure: {plot_tolerance(lines, folder / 'tolerance.png')}")
     return 0
+
+
+def resolution(study: dict[str, list[dict]], material: dict[str, int]) -> str:
+    """Markdown: per model, TP, strategy and ratio, the paired interval's half-width now and with every task
+    at all of its `material` (statistics.projected_half_width: the items added behaving like those scored)."""
+    lines = ["| model | TP | strategy | SPD ratio | drop, points | half-width now | with all the material |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for model, rows in study.items():
+        scored: dict[tuple, list[dict]] = {}
+        for r in rows:
+            if r.get("items") is not None:
+                scored.setdefault((r["tp"], r["strategy"], r["spd_ratio"]), []).append(r)
+        for (tp, strategy, ratio), after in sorted(scored.items()):
+            base = scored.get((tp, strategy, 0.0))
+            if not ratio or not base:
+                continue
+            before, now = item_scores(base), item_scores(after)
+            d = drops(rows)[(tp, strategy, ratio)]
+            wide = projected_half_width(before, now, material)
+            lines.append(f"| {model} | {tp} | {strategy} | {ratio:.2f} | {100 * d.drop:.1f} | "
+                         f"{100 * (d.high - d.low) / 2:.2f} | {100 * wide:.2f} |")
+    return "\n".join(lines)
 
 
 def _study_folder(text: str) -> str:

@@ -14,6 +14,7 @@ task's items with replacement (the same indices before and after), recompute the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -74,3 +75,15 @@ def rows_drop(before_rows: Sequence[dict], after_rows: Sequence[dict], metric: s
 def format_drop(d: Drop) -> str:
     """'1.2 [0.4, 2.0] points' (positive = accuracy lost)."""
     return f"{100 * d.drop:.1f} [{100 * d.low:.1f}, {100 * d.high:.1f}] points"
+
+
+def projected_half_width(before: Mapping[str, Sequence[float]], after: Mapping[str, Sequence[float]],
+                         sizes: Mapping[str, int], level: float = LEVEL) -> float:
+    """The half-width the paired interval of the task-averaged drop would have with sizes[t] items of
+    each task t, if the items added behaved like those scored (each task's per-item differences keep
+    their variance): z * sqrt(sum_t var_t / n_t) / tasks, the normal approximation of paired_drop's
+    bootstrap. How far more items can narrow an interval: a task whose material is used up caps it."""
+    if set(before) != set(after) or set(before) - set(sizes):
+        raise ValueError(f"sizes must name every task scored ({sorted(before)}); got {sorted(sizes)}")
+    variance = sum(np.var(np.asarray(before[t], float) - np.asarray(after[t], float)) / sizes[t] for t in before)
+    return NormalDist().inv_cdf((1 + level) / 2) * float(np.sqrt(variance)) / len(before)

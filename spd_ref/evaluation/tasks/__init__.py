@@ -18,3 +18,13 @@ CHANCE = {"spd_analogy": 0.25, "spd_polarity": 0.5, "spd_lambada": 0.0, "spd_hel
 
 # The paper's zero-shot suite (METHOD.md section 6) by lm-eval's own task names: needs a dataset hub.
 PAPER_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "lambada_openai", "piqa", "sciq", "winogrande")
+
+
+def material() -> dict[str, int]:
+    """How many items each offline accuracy task can build from the text that ships (its builder with no
+    cap; the defaults use 400, 200, 250 and 400 of them): what more items could ever add."""
+    from spd_ref.evaluation.tasks import shipped, wiki
+
+    everything = 10 ** 9
+    return {"spd_analogy": len(shipped.analogy_items(everything)),
+            "spd_polarity": len(shipped.polarity_items(everything)), "spd_lambada": len(wiki.lambada_items(everything)), "spd_hellaswag": len(wiki.hellaswag_items(everything))}
