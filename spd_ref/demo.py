@@ -120,7 +120,11 @@ def cli(argv: list[str]) -> int:
     model, tokenizer = load_model(args.model)
     name = portable_name(args.model)
     # Interrupted, `make demo` resumes its calibration (spd_ref.calibration.resume).
-    settings = {"model": name, "tp": args.tp, "ratio": args.ratio, "epochs": args.epochs}
+    from spd_ref.calibration.calibrate import RECOVER_SAMPLES
+
+    # recovery's windows too: a checkpoint of blocks trained on fewer windows must not be read back
+    settings = {"model": name, "tp": args.tp, "ratio": args.ratio, "epochs": args.epochs,
+                "recover_samples": RECOVER_SAMPLES}
     checkpoint = Checkpoint(out / "plan" / FOLDER, settings)
     plan = calibrate(model, tokenizer, args.tp, args.ratio, epochs=args.epochs, model_id=name, checkpoint=checkpoint)
     save_plan(plan, out / "plan")

@@ -87,16 +87,16 @@ def test_calibrate_records_the_scan_noise_and_takes_one_window():
 
 
 def test_recovery_can_train_on_more_windows_than_the_scan(monkeypatch):
-    """recover_samples: the scan reads the first `samples` windows (the same scan as without it), B2B
-    trains on all of them; fewer than the scan's, or given tokens besides, is refused."""
+    """recover_samples: the scan reads the first `samples` windows (the same scan as with recovery on
+    those alone), B2B trains on all of them; fewer than the scan's, or given tokens besides, is refused."""
     import spd_ref.calibration.data as data
 
     pool = _tokens(8)
     monkeypatch.setattr(data, "calibration_tokens", lambda tok, n, seq, seed, source: pool[:n])
     model = random_model(tiny_config(heads=4, kv_heads=2))
     common = dict(samples=4, seq_len=16, tau1=-2.0, tau2=-1.0, epochs=1, hg=False, progress=False, lr=1e-2)
-    few = calibrate(model, None, 2, 0.67, **common)
-    more = calibrate(model, None, 2, 0.67, recover_samples=8, **common)
+    few = calibrate(model, None, 2, 0.67, recover_samples=4, **common)
+    more = calibrate(model, None, 2, 0.67, **common)  # the default: RECOVER_SAMPLES (32), all 8 of the pool here
     assert [r.sensitivity for r in more.blocks] == [r.sensitivity for r in few.blocks]
     assert more.settings["samples"] == 4 and more.settings["recover_samples"] == 8
     trained = [r.b2b for r in more.blocks if r.b2b]

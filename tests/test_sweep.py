@@ -143,20 +143,23 @@ def test_recovery_gains_are_paired_and_skip_identical_settings():
 
 def test_recover_samples_widen_recovery_only(tmp_path, monkeypatch):
     """--recover-samples: the scan reads the first `samples` windows and is the stored one; B2B trains
-    on all the windows and its settings are new in the store; ratio 0 and zero-shot ones are reused."""
+    on all the windows (by default RECOVER_SAMPLES) and its settings are new in the store; ratio 0 and
+    zero-shot ones are reused, and a zero-shot sweep captures the scan's windows only."""
     import spd_ref.calibration.data as data
     import spd_ref.evaluation.evaluate as evaluate
     import spd_ref.evaluation.sweep as sweep
     from spd_ref.calibration.sensitivity import BlockClass
 
-    pool = torch.randint(0, 256, (6, 12), generator=torch.Generator().manual_seed(2))
-    seen = {"scan": [], "recover": [], "score": 0}
+    pool = torch.randint(0, 256, (40, 12), generator=torch.Generator().manual_seed(2))
+    seen = {"capture": [], "scan": [], "recover": [], "score": 0}
 
     def score(model, tokenizer, tasks, limit=None, batch_size=16):
         seen["score"] += 1
         return [{"task": "t", "metric": "acc", "value": 0.5, "items": [0.0, 1.0]}]
 
-    scan, recover = sweep.sensitivity_scan, sweep.recover_block
+    capture, scan, recover = sweep.capture_block_inputs, sweep.sensitivity_scan, sweep.recover_block
+    monkeypatch.setattr(sweep, "capture_block_inputs", lambda model, tokens, **kw:
+                        seen["capture"].append(tokens.shape[0]) or capture(model, tokens, **kw))
     monkeypatch.setattr(evaluate, "evaluate_model", score)
     monkeypatch.setattr(data, "calibration_tokens", lambda tok, n, seq, seed: pool[:n])
     monkeypatch.setattr(sweep, "classify", lambda s: [BlockClass.SENSITIVE] * len(s.scores))
@@ -170,11 +173,13 @@ def test_recover_samples_widen_recovery_only(tmp_path, monkeypatch):
                                           seq_len=12, recover_samples=more, eval_dtype=torch.float32,
                                           progress=False, model_name="t", store=store)
     run("zs", None)
-    assert seen == {"scan": [2], "recover": [], "score": 2}
+    assert seen == {"capture": [2], "scan": [2], "recover": [], "score": 2}
     rows = run("b2b", 6)
-    assert seen == {"scan": [2], "recover": [6, 6], "score": 3}  # the stored scan; only the B2B setting scored
+    assert seen == {"capture": [2, 6], "scan": [2], "recover": [6, 6], "score": 3}  # stored scan; B2B scored
     assert {r["recover_samples"] for r in rows if r.get("spd_ratio") == 1.0} == {6}
-    run("b2b", None)  # B2B on the scan's 2 windows: another setting
+    run("b2b", 2)  # B2B on the scan's 2 windows: another setting
     assert seen["recover"] == [6, 6, 2, 2] and seen["score"] == 4
+    run("b2b", None)  # the default: RECOVER_SAMPLES
+    assert seen["recover"] == [6, 6, 2, 2, 32, 32] and seen["score"] == 5
     with pytest.raises(ValueError, match="recover_samples=1 is below samples=2"):
         run("b2b", 1)

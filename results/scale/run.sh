@@ -12,8 +12,9 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TQDM_DISABLE=1
 PY=${PY:-python}
 STRATEGIES=${STRATEGIES:-zs}  # zs,b2b,hg adds the recovered settings (the recovery lane below)
 run() {  # MODEL TP
+    # --recover-samples 8: the study's recovery trained on the scan's 8 windows, before the default became 32
     nice -n 10 "$PY" -m spd_ref sweep --model "$1" --tp "$2" --ratios 0,0.5,1,0.25,0.75 \
-        --strategies "$STRATEGIES" --out "results/scale/$1"
+        --strategies "$STRATEGIES" --recover-samples 8 --out "results/scale/$1"
 }
 lane() {  # MODEL TP...
     local model=$1; shift

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from spd_ref.__main__ import CommandParser, check_model_args, listed, number, output_folder
-from spd_ref.calibration.calibrate import SAMPLES, SEQ_LEN, recover_block
+from spd_ref.calibration.calibrate import RECOVER_SAMPLES, SAMPLES, SEQ_LEN, recover_block
 from spd_ref.calibration.headgroup import RULE as HG_RULE
 from spd_ref.calibration.sensitivity import (STRATEGY, BlockClass, SensitivityScan, baseline_blocks,
                                              capture_block_inputs, classify, sensitivity_scan)
@@ -73,7 +73,7 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
     Calibration and recovery run on `model` as it is (fp32); [ours] scoring runs on a copy in
     `eval_dtype` (bf16 by default: about 3x faster on a CPU, and what GPUs serve in) with lm-eval's
     `batch_size` (a smaller one holds fewer logits of a large vocabulary at once). recover_samples:
-    windows HG and B2B train on when more than the scan's `samples` (calibrate's option). With a
+    windows HG and B2B train on (calibrate's option; None: RECOVER_SAMPLES, or `samples` if more). With a
     `store`, finished pieces are read back instead of computed; `on_setting(rows so far)` is called
     after each setting (to write rows as they come).
     """
@@ -90,7 +90,8 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
     if recover_samples is not None and recover_samples < samples:
         raise ValueError(f"recover_samples={recover_samples} is below samples={samples}: recovery trains on the "
                          "scan's windows and more. Fix: recover_samples >= samples, or None")
-    windows = recover_samples or samples
+    recovers = bool(set(strategies) - {"zs", "random"})  # zero-shot alone: capture the scan's windows only
+    windows = (recover_samples or max(samples, RECOVER_SAMPLES)) if recovers else samples
 
     def inputs():  # recovery's windows; the scan reads the first `samples` (a seeded draw's prefix)
         if not block_inputs:
@@ -223,8 +224,8 @@ def cli(argv: list[str]) -> int:
                         "a large vocabulary, and is a separate setting in the store]")
     p.add_argument("--samples", type=number(int, 1), default=SAMPLES, help=f"scan windows [ours: {SAMPLES}]")
     p.add_argument("--recover-samples", type=number(int, 1), default=None,
-                   help="windows HG and B2B train on, when more than --samples (the scan reads the first "
-                        "--samples of them; a separate setting in the store) [ours: the scan's]")
+                   help=f"windows HG and B2B train on; the scan reads the first --samples of them [ours: "
+                        f"{RECOVER_SAMPLES}, or --samples if more; the study in results/scale used 8]")
     p.add_argument("--seq-len", type=number(int, 2), default=SEQ_LEN)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=output_folder, default="results/sweep",
