@@ -49,3 +49,25 @@ def test_each_strategy_gets_its_line_and_a_bad_folder_is_refused(tmp_path, capsy
     with pytest.raises(SystemExit) as stop:
         main([str(tmp_path / "m")])  # a model folder, not the study folder
     assert stop.value.code == 2 and "holds no model folder with sweep rows" in capsys.readouterr().err
+
+
+def test_resolution_projects_each_setting_onto_all_the_material():
+    from spd_ref.evaluation.scale import resolution
+    from spd_ref.evaluation.statistics import paired_drop
+
+    base = {"a": [1.0, 0.0] * 50, "b": [1.0, 1.0, 0.0, 1.0] * 10}
+    spd = {"a": [0.0, 0.0] + [1.0, 0.0] * 49, "b": [1.0, 0.0, 0.0, 1.0] * 10}
+    d = paired_drop(base, spd)
+
+    def rows(ratio, items):
+        return [{"tp": 2, "strategy": "zs", "spd_ratio": ratio, "task": t, "metric": "acc", "items": v,
+                 "drop": d.drop if ratio else 0.0, "drop_ci95": [d.low, d.high] if ratio else [0.0, 0.0],
+                 "drop_n_items": 140} for t, v in items.items()]
+
+    table = resolution({"m": rows(0.0, base) + rows(0.5, spd)}, {"a": 400, "b": 40})
+    cells = [c.strip() for c in table.splitlines()[-1].strip("|").split("|")]
+    assert cells[:4] == ["m", "2", "zs", "0.50"] and len(table.splitlines()) == 3  # ratio 0 is no line
+    now, projected = float(cells[5]), float(cells[6])
+    assert projected < now  # task a at 4 x its items; b, used up, keeps its share
+    more = resolution({"m": rows(0.0, base) + rows(0.5, spd)}, {"a": 10 ** 9, "b": 10 ** 9})
+    assert float(more.splitlines()[-1].strip("|").split("|")[6]) < 0.01

@@ -183,3 +183,17 @@ def test_recover_samples_widen_recovery_only(tmp_path, monkeypatch):
     assert seen["recover"] == [6, 6, 2, 2, 32, 32] and seen["score"] == 5
     with pytest.raises(ValueError, match="recover_samples=1 is below samples=2"):
         run("b2b", 1)
+
+
+def test_sweep_gains_pair_the_settings_two_sweeps_share():
+    from spd_ref.evaluation.sweep_rows import sweep_gains
+
+    def rows(ratio, items, strategy="b2b"):
+        return [{"tp": 4, "strategy": strategy, "spd_ratio": ratio, "task": "t", "metric": "acc",
+                 "value": sum(items) / len(items), "items": items}]
+
+    eight = rows(0.0, [1.0] * 100) + rows(1.0, [1.0] * 50 + [0.0] * 50) + rows(0.5, [1.0] * 100, "zs")
+    more = rows(0.0, [1.0] * 100) + rows(1.0, [1.0] * 55 + [0.0] * 45)  # 5 items more right
+    got = sweep_gains(more, eight)
+    assert set(got) == {(4, "b2b", 1.0)}  # ratio 0 and a setting only one sweep scored are left out
+    assert abs(got[(4, "b2b", 1.0)].drop - 0.05) < 1e-12 and got[(4, "b2b", 1.0)].low > 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from spd_ref.calibration.sensitivity import BlockClass
 from spd_ref.evaluation.statistics import item_scores, projected_half_width
-from spd_ref.evaluation.sweep_rows import drops, largest_ratio_within, load_rows
+from spd_ref.evaluation.sweep_rows import drops, largest_ratio_within, load_rows, scored_settings
 
 # The paper's statements on in-sensitive blocks (METHOD.md s.3), drawn beside our measurements.
 PAPER_INSENSITIVE = {"LLaMA2-70B": (70e9, 0.75), "OPT-66B": (66e9, 0.84)}
@@ -144,15 +144,11 @@ def resolution(study: dict[str, list[dict]], material: dict[str, int]) -> str:
     lines = ["| model | TP | strategy | SPD ratio | drop, points | half-width now | with all the material |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for model, rows in study.items():
-        scored: dict[tuple, list[dict]] = {}
-        for r in rows:
-            if r.get("items") is not None:
-                scored.setdefault((r["tp"], r["strategy"], r["spd_ratio"]), []).append(r)
-        for (tp, strategy, ratio), after in sorted(scored.items()):
-            base = scored.get((tp, strategy, 0.0))
-            if not ratio or not base:
-                continue
+        for (tp, strategy, ratio), after in sorted(scored_settings(rows).items()):
+            base = [r for r in rows if (r.get("tp"), r.get("strategy"), r.get("spd_ratio")) == (tp, strategy, 0.0)]
             before, now = item_scores(base), item_scores(after)
+            if not before:
+                continue
             d = drops(rows)[(tp, strategy, ratio)]
             wide = projected_half_width(before, now, material)
             lines.append(f"| {model} | {tp} | {strategy} | {ratio:.2f} | {100 * d.drop:.1f} | "

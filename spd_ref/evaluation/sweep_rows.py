@@ -64,6 +64,15 @@ def report(rows: list[dict], ppl_metric: str = "word_perplexity") -> str:
     return "\n".join(lines)
 
 
+def scored_settings(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """{(tp, strategy, ratio): the rows with per-item scores} for the SPD settings (ratio > 0)."""
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("items") is not None and r.get("spd_ratio"):
+            out.setdefault((r["tp"], r["strategy"], r["spd_ratio"]), []).append(r)
+    return out
+
+
 RECOVERY_STEPS = (("zs", "b2b"), ("b2b", "hg"))  # what B2B adds to zero-shot; what HG adds to B2B
 
 
@@ -72,15 +81,20 @@ def recovery_gains(rows: list[dict]) -> dict[tuple, Drop]:
     strategy before it, on the same items (a Drop whose values are gains: positive = the step helped).
     Only where both settings differ in what they ran (at low ratios every block is in-sensitive and
     all strategies are the same setting)."""
-    scored = {}
-    for r in rows:
-        if r.get("items") is not None and r.get("spd_ratio"):
-            scored.setdefault((r["tp"], r["spd_ratio"], r["strategy"]), []).append(r)
+    scored = scored_settings(rows)
     out = {}
-    for (tp, ratio, strategy), after in scored.items():
+    for (tp, strategy, ratio), after in scored.items():
         for before_name, after_name in RECOVERY_STEPS:
-            before = scored.get((tp, ratio, before_name))
+            before = scored.get((tp, before_name, ratio))
             if strategy == after_name and before and after[0]["recovered"] != before[0]["recovered"]:
                 d = rows_drop(after, before)  # before minus after, reversed: the gain of the step
                 out[(tp, ratio, f"{after_name} - {before_name}")] = d
     return out
+
+
+def sweep_gains(after: list[dict], before: list[dict]) -> dict[tuple, Drop]:
+    """Per (tp, strategy, ratio) scored in both sweeps (ratio > 0): the paired accuracy gain of `after`
+    over `before` on the same items, e.g. recovery trained on 32 windows against 8 (positive = `after`
+    is better). Both sweeps must have scored the same items (the same tasks and limit)."""
+    new, old = scored_settings(after), scored_settings(before)
+    return {key: rows_drop(new[key], old[key]) for key in sorted(set(new) & set(old))}
