@@ -41,6 +41,16 @@ RECOVER_SAMPLES = 32
 SCAN_BATCH = 4              # [ours] windows per forward pass in the scan
 
 
+def recover_windows(samples: int, recover_samples: Optional[int], flags: bool = False) -> int:
+    """The windows recovery trains on: recover_samples, or when None RECOVER_SAMPLES (`samples` where that
+    is more). Fewer than the scan's `samples` is refused (`flags`: name the command-line options)."""
+    if recover_samples is not None and recover_samples < samples:
+        name, scan = ("--recover-samples ", "--samples ") if flags else ("recover_samples=", "samples=")
+        raise ValueError(f"{name}{recover_samples} is below {scan}{samples}: recovery trains on the scan's windows "
+                         f"and more. Fix: give {name.strip(' =')} >= {scan.strip(' =')}")
+    return recover_samples or max(samples, RECOVER_SAMPLES)
+
+
 def _strategy(block_class, b2b: bool, hg: bool) -> str:
     """The class's strategy (METHOD.md s.3), reduced by --no-b2b / --no-hg."""
     strategy = STRATEGY[block_class]
@@ -75,13 +85,10 @@ def calibrate(model: nn.Module, tokenizer, tp_degree: int, ratio: float, *, toke
     if given and recover_samples is not None:
         raise ValueError("recover_samples draws the calibration windows, and tokens were given too. Fix: pass "
                          "one of them (given tokens serve the scan and recovery alike)")
-    if recover_samples is not None and recover_samples < samples:
-        raise ValueError(f"recover_samples={recover_samples} is below samples={samples}; recovery trains on the "
-                         "scan's windows and more. Fix: recover_samples >= samples, or None")
+    windows = recover_windows(samples, recover_samples)
     if not given:
         from spd_ref.calibration.data import calibration_tokens
-        tokens = calibration_tokens(tokenizer, recover_samples or max(samples, RECOVER_SAMPLES), seq_len, seed,
-                                    source)
+        tokens = calibration_tokens(tokenizer, windows, seq_len, seed, source)
     scan_windows = tokens.shape[0] if given else samples
     was_tp = isinstance(decoder_layers(model)[0], SimulatedTPLayer)
     was_degree, was_spd = getattr(model, "tp_degree", 1), spd_blocks_of(model) if was_tp else []
@@ -135,9 +142,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.tau1 > args.tau2:
         raise ValueError(f"--tau1 {args.tau1} is above --tau2 {args.tau2}: in-sensitive blocks must score below "
                          "extremely sensitive ones. Fix: give tau1 <= tau2")
-    if args.recover_samples is not None and args.recover_samples < args.samples:
-        raise ValueError(f"--recover-samples {args.recover_samples} is below --samples {args.samples}: recovery "
-                         "trains on the scan's windows and more. Fix: give --recover-samples >= --samples")
+    recover_windows(args.samples, args.recover_samples, flags=True)
     check_model_args(args.model, [args.tp], seq_len=args.seq_len)
 
 
@@ -211,8 +216,8 @@ def cli(argv: list[str]) -> int:
     model, tokenizer = load_model(args.model, getattr(torch, args.dtype))
     plan = calibrate(model, tokenizer, args.tp, args.ratio, samples=args.samples, seq_len=args.seq_len,
                      recover_samples=args.recover_samples, seed=args.seed, source=args.source, tau1=args.tau1,
-                     tau2=args.tau2, lr=args.lr,
-                     epochs=args.epochs, b2b=not args.no_b2b, hg=not args.no_hg, b2b_batch_size=args.b2b_batch_size,
+                     tau2=args.tau2, lr=args.lr, epochs=args.epochs, b2b=not args.no_b2b, hg=not args.no_hg,
+                     b2b_batch_size=args.b2b_batch_size,
                      map_samples=args.map_samples, batch_size=args.batch_size, hg_rule=args.hg_rule,
                      holdout=args.b2b_holdout, refit=args.b2b_refit, sequential=args.b2b_sequential,
                      cache_dtype=None if args.cache_dtype == "model" else getattr(torch, args.cache_dtype),

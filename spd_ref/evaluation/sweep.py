@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from spd_ref.__main__ import CommandParser, check_model_args, listed, number, output_folder
-from spd_ref.calibration.calibrate import RECOVER_SAMPLES, SAMPLES, SEQ_LEN, recover_block
+from spd_ref.calibration.calibrate import RECOVER_SAMPLES, SAMPLES, SEQ_LEN, recover_block, recover_windows
 from spd_ref.calibration.headgroup import RULE as HG_RULE
 from spd_ref.calibration.sensitivity import (STRATEGY, BlockClass, SensitivityScan, baseline_blocks,
                                              capture_block_inputs, classify, sensitivity_scan)
@@ -84,14 +84,12 @@ def sweep_tp(model, tokenizer, tp_degree: int, ratios: list[float], tasks: str =
         return compute() if store is None else store.get_or_compute(key, compute)
 
     calibration = {"model": model_name, "tp": tp_degree, "samples": samples, "seq_len": seq_len, "seed": seed}
+    windows = recover_windows(samples, recover_samples)
+    if not set(strategies) - {"zs", "random"}:  # zero-shot alone: capture the scan's windows only
+        windows = samples
     apply_tp(model, tp_degree)  # the model's own weights never change (recovery trains copies): the
     # scorer is reset from them, converted by load_state_dict (a copy of them would cost 3.6 GB at 1.5B)
     block_inputs = []  # captured once, only when something needs them (not on a resumed zero-shot run)
-    if recover_samples is not None and recover_samples < samples:
-        raise ValueError(f"recover_samples={recover_samples} is below samples={samples}: recovery trains on the "
-                         "scan's windows and more. Fix: recover_samples >= samples, or None")
-    recovers = bool(set(strategies) - {"zs", "random"})  # zero-shot alone: capture the scan's windows only
-    windows = (recover_samples or max(samples, RECOVER_SAMPLES)) if recovers else samples
 
     def inputs():  # recovery's windows; the scan reads the first `samples` (a seeded draw's prefix)
         if not block_inputs:
@@ -197,9 +195,7 @@ def check_args(args: argparse.Namespace) -> None:
         if not list(Path(args.out).glob("sweep_tp*.jsonl")):
             raise ValueError(f"--report: no sweep_tp*.jsonl in {args.out!r}. Fix: give the --out folder of a sweep")
         return
-    if args.recover_samples is not None and args.recover_samples < args.samples:
-        raise ValueError(f"--recover-samples {args.recover_samples} is below --samples {args.samples}: recovery "
-                         "trains on the scan's windows and more. Fix: give --recover-samples >= --samples")
+    recover_windows(args.samples, args.recover_samples, flags=True)
     from spd_ref.evaluation.evaluate import check_hub_for, resolve_tasks
 
     check_hub_for(resolve_tasks(args.tasks))
