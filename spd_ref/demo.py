@@ -108,7 +108,7 @@ def cli(argv: list[str]) -> int:
                    help="dtype the offline suite is scored in [ours: bfloat16]")
     p.add_argument("--out", type=output_folder, default="out/demo", help="plan folder, JSON lines and figure go here")
     args = p.parse_args(argv)
-    from spd_ref.calibration.calibrate import calibrate
+    from spd_ref.calibration.calibrate import RECOVER_SAMPLES, calibrate
     from spd_ref.calibration.resume import FOLDER, Checkpoint
     from spd_ref.evaluation.evaluate import evaluate_model
     from spd_ref.evaluation.statistics import format_drop
@@ -119,10 +119,8 @@ def cli(argv: list[str]) -> int:
     out = Path(args.out)
     model, tokenizer = load_model(args.model)
     name = portable_name(args.model)
-    # Interrupted, `make demo` resumes its calibration (spd_ref.calibration.resume).
-    from spd_ref.calibration.calibrate import RECOVER_SAMPLES
-
-    # recovery's windows too: a checkpoint of blocks trained on fewer windows must not be read back
+    # Interrupted, `make demo` resumes its calibration (spd_ref.calibration.resume). The settings name
+    # recovery's windows too: a checkpoint of blocks trained on fewer windows must not be read back.
     settings = {"model": name, "tp": args.tp, "ratio": args.ratio, "epochs": args.epochs,
                 "recover_samples": RECOVER_SAMPLES}
     checkpoint = Checkpoint(out / "plan" / FOLDER, settings)

@@ -144,12 +144,13 @@ def resolution(study: dict[str, list[dict]], material: dict[str, int]) -> str:
     lines = ["| model | TP | strategy | SPD ratio | drop, points | half-width now | with all the material |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for model, rows in study.items():
+        drop = drops(rows)
         for (tp, strategy, ratio), after in sorted(scored_settings(rows).items()):
             base = [r for r in rows if (r.get("tp"), r.get("strategy"), r.get("spd_ratio")) == (tp, strategy, 0.0)]
             before, now = item_scores(base), item_scores(after)
             if not before:
                 continue
-            d = drops(rows)[(tp, strategy, ratio)]
+            d = drop[(tp, strategy, ratio)]
             wide = projected_half_width(before, now, material)
             lines.append(f"| {model} | {tp} | {strategy} | {ratio:.2f} | {100 * d.drop:.1f} | "
                          f"{100 * (d.high - d.low) / 2:.2f} | {100 * wide:.2f} |")

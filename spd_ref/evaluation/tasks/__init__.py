@@ -27,4 +27,6 @@ def material() -> dict[str, int]:
 
     everything = 10 ** 9
     return {"spd_analogy": len(shipped.analogy_items(everything)),
-            "spd_polarity": len(shipped.polarity_items(everything)), "spd_lambada": len(wiki.lambada_items(everything)), "spd_hellaswag": len(wiki.hellaswag_items(everything))}
+            "spd_polarity": len(shipped.polarity_items(everything)),
+            "spd_lambada": len(wiki.lambada_items(everything)),
+            "spd_hellaswag": len(wiki.hellaswag_items(everything))}
